@@ -1,0 +1,226 @@
+//! The result cache: reports keyed by the work that produced them.
+//!
+//! A report depends only on the sample's bytes and what was asked of them, so the key is the
+//! work key (SHA-256, analysis type, depth, preferred model) and an identical resubmission is
+//! answered without running a stage. The memory tier is a bounded TinyLFU cache (moka): a TTL
+//! so stale verdicts age out as analyzers improve, and a byte budget so a burst of large
+//! reports cannot grow the process without bound. [`CacheActor`]s are the workers of the
+//! `cache` service and share one memory tier.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::report::AnalysisReport;
+use crate::supervisor::{Retire, WorkerBook};
+use crate::telemetry::{Telemetry, TelemetryEvent};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// How long a report stays valid.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Budget for the memory tier, in bytes of encoded reports.
+    pub max_bytes: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { ttl: Duration::from_secs(3600), max_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// The in-memory tier, shared by every cache worker.
+#[derive(Clone)]
+pub struct MemoryTier {
+    cache: moka::sync::Cache<String, Arc<AnalysisReport>>,
+    hits: Arc<AtomicU64>,
+    misses: Arc<AtomicU64>,
+}
+
+impl MemoryTier {
+    pub fn new(config: &CacheConfig) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.max_bytes)
+            .weigher(|key: &String, report: &Arc<AnalysisReport>| {
+                let size = key.len() + approximate_size(report);
+                u32::try_from(size).unwrap_or(u32::MAX)
+            })
+            .time_to_live(config.ttl)
+            .build();
+        MemoryTier { cache, hits: Arc::default(), misses: Arc::default() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<AnalysisReport>> {
+        let found = self.cache.get(key);
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub fn put(&self, key: String, report: Arc<AnalysisReport>) {
+        self.cache.insert(key, report);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.cache.run_pending_tasks();
+        CacheStats {
+            entries: self.cache.entry_count(),
+            weighted_bytes: self.cache.weighted_size(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A cheap estimate of a report's memory footprint: the text it holds dominates.
+fn approximate_size(report: &AnalysisReport) -> usize {
+    let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    let facts = &report.static_facts;
+    512 + strings(&report.classifications)
+        + strings(&report.recommendations)
+        + strings(&facts.imports)
+        + strings(&facts.strings)
+        + strings(&report.iocs.urls)
+        + strings(&report.iocs.domains)
+        + strings(&report.iocs.ips)
+        + strings(&report.iocs.emails)
+        + strings(&report.iocs.registry_keys)
+        + report.indicators.iter().map(|i| i.id.len() + i.description.len() + 48).sum::<usize>()
+        + facts.sections.len() * 64
+        + report.deobfuscated_code.as_ref().map_or(0, String::len)
+        + report.analysis_report.as_ref().map_or(0, String::len)
+        + report.vulnerabilities.iter().map(|v| v.description.len() + 96).sum::<usize>()
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheStats {
+    pub entries: u64,
+    pub weighted_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Worker of the `cache` service.
+pub struct CacheActor {
+    memory: MemoryTier,
+    telemetry: Telemetry,
+    book: WorkerBook,
+}
+
+impl CacheActor {
+    pub fn new(memory: MemoryTier, telemetry: Telemetry) -> Self {
+        CacheActor { memory, telemetry, book: WorkerBook::new("cache") }
+    }
+}
+
+impl Actor for CacheActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for CacheActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.book.restarted(&self.telemetry);
+    }
+}
+
+/// Looks a report up. `memory` carries the `enable_memory_cache` flag of the asking job.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Arc<AnalysisReport>>")]
+pub struct CacheGet {
+    pub key: String,
+    pub memory: bool,
+}
+
+impl Handler<CacheGet> for CacheActor {
+    type Result = Option<Arc<AnalysisReport>>;
+
+    fn handle(&mut self, msg: CacheGet, _: &mut Self::Context) -> Self::Result {
+        if !msg.memory {
+            return None;
+        }
+        let found = self.memory.get(&msg.key);
+        let result = if found.is_some() { "hit" } else { "miss" };
+        self.telemetry.emit(TelemetryEvent::CacheRequest { tier: "memory", result });
+        found
+    }
+}
+
+/// Stores a report.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CachePut {
+    pub key: String,
+    pub report: Arc<AnalysisReport>,
+    pub memory: bool,
+}
+
+impl Handler<CachePut> for CacheActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: CachePut, _: &mut Self::Context) {
+        if msg.memory {
+            self.memory.put(msg.key, msg.report);
+            self.telemetry.emit(TelemetryEvent::CacheRequest { tier: "memory", result: "write" });
+        }
+    }
+}
+
+impl Handler<Retire> for CacheActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        self.book.retire(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_tier_counts_hits_and_misses() {
+        let tier = MemoryTier::new(&CacheConfig::default());
+        assert!(tier.get("k").is_none());
+        tier.put("k".into(), Arc::new(AnalysisReport::default()));
+        assert!(tier.get("k").is_some());
+        let stats = tier.stats();
+        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
+    }
+
+    #[test]
+    fn memory_tier_stays_within_its_byte_budget() {
+        let tier =
+            MemoryTier::new(&CacheConfig { ttl: Duration::from_secs(60), max_bytes: 100_000 });
+        for i in 0..200 {
+            let report = AnalysisReport {
+                deobfuscated_code: Some("x".repeat(10_000)),
+                ..AnalysisReport::default()
+            };
+            tier.put(format!("key-{i}"), Arc::new(report));
+        }
+        let stats = tier.stats();
+        assert!(stats.weighted_bytes <= 100_000, "{stats:?}");
+        assert!(stats.entries < 200, "{stats:?}");
+    }
+
+    #[actix_rt::test]
+    async fn flag_off_bypasses_the_memory_tier() {
+        let tier = MemoryTier::new(&CacheConfig::default());
+        let actor = CacheActor::new(tier.clone(), Telemetry::disabled()).start();
+        let report = Arc::new(AnalysisReport::default());
+        actor
+            .send(CachePut { key: "a".into(), report: report.clone(), memory: false })
+            .await
+            .unwrap();
+        assert!(actor.send(CacheGet { key: "a".into(), memory: true }).await.unwrap().is_none());
+        actor.send(CachePut { key: "a".into(), report, memory: true }).await.unwrap();
+        assert!(actor.send(CacheGet { key: "a".into(), memory: false }).await.unwrap().is_none());
+        assert!(actor.send(CacheGet { key: "a".into(), memory: true }).await.unwrap().is_some());
+    }
+}

@@ -1,0 +1,270 @@
+//! AI providers: one actor per configured provider and pool slot, breaker inside.
+//!
+//! A [`ProviderActor`] owns its HTTP client and its circuit breaker. The breaker is plain
+//! state in the actor, so no lock guards it and `Supervised::restarting` keeps it across a
+//! restart: a provider that crashes its worker does not get a fresh, closed breaker for free.
+//! Every breaker transition is logged once, counted, and published to the shared
+//! [`BreakerBoard`], which the router reads to skip providers that would reject at once and
+//! which `/api/status` reports.
+
+mod board;
+mod client;
+mod prompt;
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use serde::{Deserialize, Serialize};
+
+pub use board::{BreakerBoard, BreakerView};
+pub use client::{Prompt, ProviderClient, ProviderError, ProviderKind};
+pub use prompt::{build_prompt, parse_reply, AiOutput, AiTask, AiTaskKind};
+
+use crate::breaker::{
+    AdminAction, BreakerConfig, BreakerSnapshot, CircuitBreaker, FailureKind, Outcome,
+};
+use crate::bulkhead::BulkheadConfig;
+use crate::clock::SharedClock;
+use crate::supervisor::{Retire, WorkerBook};
+use crate::telemetry::{Telemetry, TelemetryEvent};
+
+/// One provider's settings, from `[providers.<name>]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// API root with its version, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Secret; empty or absent means the provider is unavailable and never called.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Lower is tried first when the priority flag does not order this provider.
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Provider actors in the pool; each holds its own breaker.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub bulkhead: BulkheadConfig,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_tokens() -> u32 {
+    4096
+}
+fn default_temperature() -> f64 {
+    0.1
+}
+fn default_workers() -> usize {
+    1
+}
+
+impl ProviderConfig {
+    pub fn client(&self) -> ProviderClient {
+        ProviderClient::new(
+            self.kind,
+            &self.base_url,
+            &self.model,
+            self.api_key.clone(),
+            self.timeout,
+            self.max_tokens,
+            self.temperature,
+        )
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.api_key.as_deref().is_some_and(|k| !k.trim().is_empty())
+    }
+}
+
+/// Ask a provider for one analysis.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AiOutput, ProviderError>")]
+pub struct CallProvider {
+    pub task: AiTask,
+    /// `enable_circuit_breaker` of the asking job: off sends the call past the breaker.
+    pub use_breaker: bool,
+}
+
+/// An operator's breaker command.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "BreakerSnapshot")]
+pub struct ControlBreaker(pub AdminAction);
+
+/// Worker of an `ai.<provider>` service.
+pub struct ProviderActor {
+    name: String,
+    slot: usize,
+    client: ProviderClient,
+    breaker: CircuitBreaker,
+    board: BreakerBoard,
+    telemetry: Telemetry,
+    book: WorkerBook,
+}
+
+impl ProviderActor {
+    pub fn new(
+        name: &str,
+        slot: usize,
+        config: &ProviderConfig,
+        clock: SharedClock,
+        board: BreakerBoard,
+        telemetry: Telemetry,
+    ) -> Self {
+        let breaker = CircuitBreaker::new(config.breaker.clone(), clock);
+        let mut actor = ProviderActor {
+            name: name.to_string(),
+            slot,
+            client: config.client(),
+            breaker,
+            board,
+            telemetry,
+            book: WorkerBook::new(format!("ai.{name}")),
+        };
+        actor.publish();
+        actor
+    }
+
+    /// Logs, counts and publishes every transition the breaker made since the last call.
+    fn publish(&mut self) {
+        for t in self.breaker.take_transitions() {
+            tracing::info!(
+                provider = %self.name,
+                slot = self.slot,
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                reason = t.reason,
+                "circuit breaker transition"
+            );
+            self.telemetry.emit(TelemetryEvent::BreakerTransition {
+                provider: self.name.clone(),
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+            });
+        }
+        let snapshot = self.breaker.snapshot();
+        self.board.publish(&self.name, self.slot, snapshot);
+    }
+}
+
+fn failure_kind(err: &ProviderError) -> FailureKind {
+    match err {
+        ProviderError::Timeout(_) => FailureKind::Timeout,
+        ProviderError::Connection(_) => FailureKind::Connection,
+        ProviderError::Status { status: 429, .. } => FailureKind::RateLimited,
+        ProviderError::Status { .. } => FailureKind::ServerError,
+        ProviderError::Panicked => FailureKind::Panic,
+        _ => FailureKind::Other,
+    }
+}
+
+impl Actor for ProviderActor {
+    type Context = Context<Self>;
+}
+
+impl Supervised for ProviderActor {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        self.book.restarted(&self.telemetry);
+    }
+}
+
+impl Handler<CallProvider> for ProviderActor {
+    type Result = ResponseActFuture<Self, Result<AiOutput, ProviderError>>;
+
+    fn handle(&mut self, msg: CallProvider, _: &mut Self::Context) -> Self::Result {
+        let permit = if msg.use_breaker {
+            match self.breaker.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(rejected) => {
+                    self.publish();
+                    self.telemetry.emit(TelemetryEvent::ProviderCall {
+                        provider: self.name.clone(),
+                        outcome: "rejected",
+                        latency: Duration::ZERO,
+                    });
+                    let retry_after_ms = rejected
+                        .retry_after
+                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                    let err = ProviderError::BreakerOpen {
+                        state: rejected.state.as_str(),
+                        retry_after_ms,
+                    };
+                    return Box::pin(actix::fut::ready(Err(err)));
+                }
+            }
+        } else {
+            None
+        };
+
+        self.book.begin();
+        let started = Instant::now();
+        let client = self.client.clone();
+        let task = msg.task;
+        let call = async move {
+            let prompt = build_prompt(&task);
+            let text = client.complete(&prompt).await?;
+            Ok(parse_reply(task.kind, &text, &client.model))
+        };
+        let guarded = AssertUnwindSafe(call).catch_unwind();
+
+        Box::pin(guarded.into_actor(self).map(move |result, act, ctx| {
+            act.book.end(ctx);
+            let panicked = result.is_err();
+            let result: Result<AiOutput, ProviderError> =
+                result.unwrap_or(Err(ProviderError::Panicked));
+            if let Some(permit) = permit {
+                let outcome = match &result {
+                    Ok(_) => Outcome::Success,
+                    Err(err) if err.counts() => Outcome::Failure(failure_kind(err)),
+                    Err(_) => Outcome::Ignored,
+                };
+                act.breaker.record(permit, outcome);
+            }
+            act.publish();
+            let outcome = if result.is_ok() { "success" } else { "failure" };
+            act.telemetry.emit(TelemetryEvent::ProviderCall {
+                provider: act.name.clone(),
+                outcome,
+                latency: started.elapsed(),
+            });
+            if panicked {
+                tracing::error!(provider = %act.name, "provider call panicked; restarting worker");
+                ctx.stop();
+            }
+            result
+        }))
+    }
+}
+
+impl Handler<ControlBreaker> for ProviderActor {
+    type Result = MessageResult<ControlBreaker>;
+
+    fn handle(&mut self, msg: ControlBreaker, _: &mut Self::Context) -> Self::Result {
+        self.breaker.force(msg.0);
+        self.publish();
+        MessageResult(self.breaker.snapshot())
+    }
+}
+
+impl Handler<Retire> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        self.board.remove(&self.name, self.slot);
+        self.book.retire(ctx);
+    }
+}

@@ -1,0 +1,90 @@
+//! Job records: the life cycle every reader sees.
+//!
+//! The embedded store is a concurrent map. Finished records are kept for a retention period
+//! and then swept, so a long-running process does not accumulate every job it ever ran.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+
+use crate::job::{JobId, JobRecord, JobStatus};
+
+#[derive(Debug, Clone, Default)]
+pub struct JobStore {
+    jobs: Arc<DashMap<JobId, JobRecord>>,
+}
+
+impl JobStore {
+    pub fn insert(&self, record: JobRecord) {
+        self.jobs.insert(record.analysis_id, record);
+    }
+
+    pub fn get(&self, id: &JobId) -> Option<JobRecord> {
+        self.jobs.get(id).map(|r| r.clone())
+    }
+
+    /// Applies `change` to a record; a finished record is never changed again.
+    pub fn update(&self, id: &JobId, change: impl FnOnce(&mut JobRecord)) {
+        if let Some(mut record) = self.jobs.get_mut(id) {
+            if !record.status.is_finished() {
+                change(&mut record);
+            }
+        }
+    }
+
+    /// Removes finished records older than `retention`; answers how many went.
+    pub fn sweep(&self, retention: Duration) -> usize {
+        let now = SystemTime::now();
+        let before = self.jobs.len();
+        self.jobs.retain(|_, r| match r.finished_at {
+            Some(at) if r.status.is_finished() => {
+                now.duration_since(at).map_or(true, |age| age < retention)
+            }
+            _ => true,
+        });
+        before - self.jobs.len()
+    }
+
+    /// Jobs by status, for `/api/status`.
+    pub fn counts(&self) -> [(JobStatus, usize); 4] {
+        let mut counts = [
+            (JobStatus::Pending, 0),
+            (JobStatus::Processing, 0),
+            (JobStatus::Completed, 0),
+            (JobStatus::Failed, 0),
+        ];
+        for r in self.jobs.iter() {
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == r.status) {
+                slot.1 += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobSpec, Sample};
+
+    #[test]
+    fn finished_records_are_frozen_and_swept_after_retention() {
+        let store = JobStore::default();
+        let spec = JobSpec::new(Sample::new("a", b"x".to_vec()));
+        let (done, running) = (JobId::new(), JobId::new());
+        store.insert(JobRecord::pending(done, &spec));
+        store.insert(JobRecord::pending(running, &spec));
+        store.update(&done, |r| {
+            r.status = JobStatus::Completed;
+            r.finished_at = Some(SystemTime::now() - Duration::from_secs(120));
+        });
+        store.update(&done, |r| r.status = JobStatus::Failed);
+        assert_eq!(store.get(&done).unwrap().status, JobStatus::Completed);
+
+        assert_eq!(store.sweep(Duration::from_secs(600)), 0);
+        assert_eq!(store.sweep(Duration::from_secs(60)), 1);
+        assert!(store.get(&done).is_none());
+        assert!(store.get(&running).is_some(), "unfinished jobs are never swept");
+    }
+}

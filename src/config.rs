@@ -1,0 +1,267 @@
+//! Configuration: embedded defaults, an optional file, then the environment.
+//!
+//! `config/default.toml` is compiled into the binary, so `athena` runs from any directory with
+//! no file at all. `--config FILE` overrides it key by key, and environment variables override
+//! both: `ATHENA__SECTION__KEY` for any key, plus the variable names the original deployment
+//! used (`OPENAI_API_KEY`, `CLAUDE_API_KEY`, `DEEPSEEK_API_KEY`, `*_API_BASE_URL`,
+//! `FEATURE_<FLAGNAME>`). Durations read as `30s` or `2m`. A bad value is an error that names
+//! its key; secrets are redacted whenever the configuration is shown.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use athena_actors::cache::CacheConfig;
+use athena_actors::engine::{EngineConfig, FlagLayers, ServicesConfig};
+use athena_actors::flags::FLAGS;
+use athena_actors::provider::ProviderConfig;
+use athena_actors::router::RouterConfig;
+use athena_actors::sandbox::SandboxConfig;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Original variable names for provider settings: (variable, provider, key).
+const LEGACY_PROVIDER_VARS: &[(&str, &str, &str)] = &[
+    ("CLAUDE_API_KEY", "claude", "api_key"),
+    ("ANTHROPIC_API_KEY", "claude", "api_key"),
+    ("OPENAI_API_KEY", "openai", "api_key"),
+    ("DEEPSEEK_API_KEY", "deepseek", "api_key"),
+    ("CLAUDE_API_BASE_URL", "claude", "base_url"),
+    ("OPENAI_API_BASE_URL", "openai", "base_url"),
+    ("DEEPSEEK_API_BASE_URL", "deepseek", "base_url"),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address, `host:port`; port 0 picks a free one.
+    pub bind: String,
+    /// Largest accepted request body, in bytes (a sample plus its encoding).
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    pub http_workers: usize,
+    /// How long shutdown waits for accepted jobs to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `athena=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub router: RouterConfig,
+    pub cache: CacheConfig,
+    pub services: ServicesConfig,
+    pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Flag values from the file; see `athena_actors::flags`.
+    #[serde(default)]
+    pub flags: BTreeMap<String, Value>,
+}
+
+/// A configuration that cannot be used, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// The loaded configuration and the flag values the environment set.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub env_flags: BTreeMap<String, Value>,
+}
+
+impl Loaded {
+    pub fn flag_layers(&self) -> FlagLayers {
+        FlagLayers { config: self.config.flags.clone(), environment: self.env_flags.clone() }
+    }
+}
+
+impl Config {
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            router: self.router.clone(),
+            cache: self.cache.clone(),
+            services: self.services.clone(),
+            sandbox: self.sandbox.clone(),
+            providers: self.providers.clone(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err()
+            && !self.server.bind.contains(':')
+        {
+            return Err(ConfigError(format!(
+                "server.bind: {:?} is not a host:port address",
+                self.server.bind
+            )));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError("server.max_body_bytes: must be at least 1".into()));
+        }
+        if self.server.http_workers == 0 {
+            return Err(ConfigError("server.http_workers: must be at least 1".into()));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "log.format: {:?} is not one of text, json",
+                self.log.format
+            )));
+        }
+        self.engine().validate().map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// The effective configuration as TOML, every secret replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for provider in shown.providers.values_mut() {
+            if provider.has_credentials() {
+                provider.api_key = Some("<redacted>".into());
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Loads the layered configuration from the process environment.
+pub fn load(file: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_from(file, std::env::vars().collect())
+}
+
+/// Loads the layered configuration from the given environment (tests pass their own).
+pub fn load_from(
+    file: Option<&Path>,
+    env: BTreeMap<String, String>,
+) -> Result<Loaded, ConfigError> {
+    let mut figment = Figment::new().merge(Toml::string(DEFAULT_TOML));
+    if let Some(path) = file {
+        if !path.exists() {
+            return Err(ConfigError(format!("--config: file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+
+    let mut legacy = toml::Table::new();
+    for (var, provider, key) in LEGACY_PROVIDER_VARS {
+        if let Some(value) = env.get(*var).filter(|v| !v.is_empty()) {
+            let providers = legacy.entry("providers").or_insert_with(|| toml::Table::new().into());
+            if let Some(providers) = providers.as_table_mut() {
+                let entry = providers.entry(*provider).or_insert_with(|| toml::Table::new().into());
+                if let Some(entry) = entry.as_table_mut() {
+                    entry.insert((*key).into(), toml::Value::String(value.clone()));
+                }
+            }
+        }
+    }
+    figment = figment.merge(Serialized::defaults(legacy));
+
+    figment = figment.merge(EnvSnapshot { env: env.clone() });
+
+    let config: Config = figment.extract().map_err(|e| ConfigError(render_figment_error(e)))?;
+    let env_flags = flags_from_env(&env)?;
+    config.validate()?;
+    Ok(Loaded { config, env_flags })
+}
+
+fn render_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let kind = e.kind.to_string();
+            if key.is_empty() {
+                kind
+            } else {
+                format!("{key}: {kind}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Flag values from `ATHENA__FLAGS__<NAME>` and `FEATURE_<CAMELNAME>` variables.
+fn flags_from_env(env: &BTreeMap<String, String>) -> Result<BTreeMap<String, Value>, ConfigError> {
+    let mut flags = BTreeMap::new();
+    for (var, value) in env {
+        if let Some(name) = var.strip_prefix("FEATURE_") {
+            match FLAGS.iter().find(|f| f.alias.eq_ignore_ascii_case(name)) {
+                Some(flag) => {
+                    flags.insert(flag.name.to_string(), Value::String(value.clone()));
+                }
+                None => tracing::warn!(variable = %var, "ignoring unknown feature variable"),
+            }
+        }
+    }
+    for (var, value) in env {
+        if let Some(name) = var.strip_prefix("ATHENA__FLAGS__") {
+            let name = name.to_ascii_lowercase();
+            if !FLAGS.iter().any(|f| f.name == name) {
+                return Err(ConfigError(format!("{var}: unknown flag {name:?}")));
+            }
+            flags.insert(name, Value::String(value.clone()));
+        }
+    }
+    Ok(flags)
+}
+
+/// `ATHENA__SECTION__KEY` variables from a given map (figment's `Env` reads the process
+/// environment only), so that loading is a pure function of its inputs and tests need not
+/// mutate the process environment.
+struct EnvSnapshot {
+    env: BTreeMap<String, String>,
+}
+
+impl figment::Provider for EnvSnapshot {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        let mut dict = figment::value::Dict::new();
+        for (var, value) in &self.env {
+            let Some(rest) = var.strip_prefix("ATHENA__") else { continue };
+            if rest.to_ascii_lowercase().starts_with("flags__") {
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let parsed: figment::value::Value =
+                value.parse().unwrap_or_else(|_| value.clone().into());
+            insert_path(&mut dict, &path, parsed);
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry =
+                dict.entry(first.clone()).or_insert_with(|| figment::value::Dict::new().into());
+            if let figment::value::Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Flags, status, metrics and operator commands.
+
+use actix_web::{web, HttpResponse};
+use athena_actors::breaker::AdminAction;
+use athena_actors::flags::{FlagSource, GetAudit, GetFlags, SetFlag, FLAGS};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": state.engine.uptime().as_secs(),
+        "queue": "memory",
+        "redis": {"status": "not_configured"},
+        "providers": state.engine.providers(),
+    }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"ready": false, "reason": "the service is shutting down"}));
+    }
+    HttpResponse::Ok().json(json!({"ready": true}))
+}
+
+pub async fn status(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.engine.status().await)
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.engine.telemetry.gather().await)
+}
+
+pub async fn list_flags(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let flags = state.engine.flags.send(GetFlags).await?;
+    Ok(HttpResponse::Ok().json(json!({"flags": flags.to_json(), "definitions": FLAGS})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagUpdate {
+    value: Value,
+}
+
+pub async fn set_flag(
+    path: web::Path<String>,
+    body: web::Json<FlagUpdate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let msg = SetFlag {
+        name: path.into_inner(),
+        value: body.into_inner().value,
+        source: FlagSource::Api,
+    };
+    let entry = state.engine.flags.send(msg).await??;
+    Ok(HttpResponse::Ok().json(entry))
+}
+
+pub async fn flag_audit(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let entries = state.engine.flags.send(GetAudit).await?;
+    Ok(HttpResponse::Ok().json(json!({"entries": entries})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUpdate {
+    workers: usize,
+}
+
+pub async fn resize_pool(
+    path: web::Path<String>,
+    body: web::Json<PoolUpdate>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let status = state.engine.resize(&path, body.workers).await?;
+    Ok(HttpResponse::Ok().json(status))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerCommand {
+    action: String,
+}
+
+pub async fn control_breaker(
+    path: web::Path<String>,
+    body: web::Json<BreakerCommand>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let action = match body.action.as_str() {
+        "force_open" => AdminAction::ForceOpen,
+        "force_closed" => AdminAction::ForceClosed,
+        "disable" => AdminAction::Disable,
+        "reset" => AdminAction::Reset,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown action {other:?}: expected force_open, force_closed, disable or reset"
+            )))
+        }
+    };
+    let slots = state.engine.control_breaker(&path, action).await?;
+    Ok(HttpResponse::Ok().json(json!({"provider": path.as_str(), "slots": slots})))
+}

@@ -1,0 +1,225 @@
+//! Submitting samples and reading job status.
+//!
+//! A submission is multipart (a `file` part plus text fields, as the original web client sends
+//! it) or JSON with the file base64-encoded (as scripts and load tests send it). Both are read
+//! as a stream and cut off at the configured body limit, so an oversized upload is refused with
+//! 413 before it is buffered whole.
+
+use actix_multipart::Multipart;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use athena_actors::job::{AnalysisType, JobId, JobSpec, Sample};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Text fields of a multipart submission are small; anything larger is a client mistake.
+const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JsonSubmission {
+    file_name: Option<String>,
+    file_content: Option<String>,
+    analysis_type: Option<String>,
+    ai_model: Option<String>,
+    analysis_depth: Option<String>,
+    container_config: Option<Value>,
+    priority: Option<String>,
+}
+
+/// The options a submission may carry, in either encoding.
+#[derive(Debug, Default)]
+struct Options {
+    analysis_type: Option<String>,
+    ai_model: Option<String>,
+    analysis_depth: Option<String>,
+    container_config: Option<Value>,
+}
+
+pub async fn submit(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let limit = state.max_body_bytes;
+
+    let (sample, options) = if content_type.starts_with("multipart/form-data") {
+        read_multipart(Multipart::new(req.headers(), payload), limit).await?
+    } else if content_type.starts_with("application/json") {
+        read_json(payload, limit).await?
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send multipart/form-data with a `file` part, or application/json with fileName and base64 fileContent",
+        ));
+    };
+
+    let spec = build_spec(sample, options)?;
+    let id = state.engine.submit(spec).await?;
+    let status_url = format!("/api/analysis/status/{id}");
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, status_url.clone()))
+        .json(json!({"analysisId": id, "status": "pending", "statusUrl": status_url})))
+}
+
+fn build_spec(sample: Sample, options: Options) -> Result<JobSpec, ApiError> {
+    let mut spec = JobSpec::new(sample);
+    if let Some(t) = options.analysis_type.as_deref().filter(|s| !s.is_empty()) {
+        spec.analysis_type = t.parse::<AnalysisType>().map_err(ApiError::bad_request)?;
+    }
+    if let Some(d) = options.analysis_depth.as_deref().filter(|s| !s.is_empty()) {
+        spec.depth = d.parse().map_err(ApiError::bad_request)?;
+    }
+    spec.ai_model = options.ai_model.filter(|m| !m.trim().is_empty());
+    spec.container_config = options.container_config;
+    Ok(spec)
+}
+
+async fn read_multipart(mut form: Multipart, limit: usize) -> Result<(Sample, Options), ApiError> {
+    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut options = Options::default();
+    let mut total = 0usize;
+
+    while let Some(field) = form.next().await {
+        let mut field = field.map_err(|e| multipart_error(&e.to_string(), limit))?;
+        let name = field.name().unwrap_or("").to_string();
+        let file_name =
+            field.content_disposition().and_then(|cd| cd.get_filename()).map(str::to_string);
+        let field_limit = if name == "file" { limit } else { MAX_FIELD_BYTES };
+
+        let mut data = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(|e| multipart_error(&e.to_string(), limit))?;
+            total += chunk.len();
+            if total > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            if data.len() + chunk.len() > field_limit {
+                return Err(ApiError::bad_request(format!(
+                    "field {name:?} is longer than {field_limit} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk);
+        }
+
+        let text = || {
+            String::from_utf8(data.clone())
+                .map_err(|_| ApiError::bad_request(format!("field {name:?} is not UTF-8 text")))
+        };
+        match name.as_str() {
+            "file" => file = Some((file_name.unwrap_or_else(|| "sample".into()), data)),
+            "analysisType" => options.analysis_type = Some(text()?),
+            "aiModel" => options.ai_model = Some(text()?),
+            "analysisDepth" => options.analysis_depth = Some(text()?),
+            "containerConfig" => {
+                let raw = text()?;
+                let value = serde_json::from_str(&raw).map_err(|e| {
+                    ApiError::bad_request(format!("containerConfig is not valid JSON: {e}"))
+                })?;
+                options.container_config = Some(value);
+            }
+            // Fields the original clients send that carry no meaning here are ignored.
+            _ => {}
+        }
+    }
+
+    let (name, bytes) = file.ok_or_else(|| ApiError::bad_request("the form has no `file` part"))?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the uploaded file is empty"));
+    }
+    Ok((Sample::new(sanitize_name(&name), bytes), options))
+}
+
+fn multipart_error(message: &str, limit: usize) -> ApiError {
+    if message.to_ascii_lowercase().contains("overflow") || message.contains("too large") {
+        ApiError::too_large(limit)
+    } else {
+        ApiError::bad_request(format!("malformed multipart body: {message}"))
+    }
+}
+
+async fn read_json(mut payload: web::Payload, limit: usize) -> Result<(Sample, Options), ApiError> {
+    // Base64 inflates by 4/3; the limit applies to the decoded sample, the body may be larger.
+    let body_limit = limit / 3 * 4 + MAX_FIELD_BYTES;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > body_limit {
+            return Err(ApiError::too_large(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let submission: JsonSubmission = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+    let content = submission
+        .file_content
+        .ok_or_else(|| ApiError::bad_request("fileContent (base64) is required"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(content.trim())
+        .map_err(|e| ApiError::bad_request(format!("fileContent is not valid base64: {e}")))?;
+    if bytes.len() > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("fileContent decodes to an empty file"));
+    }
+    let _ = submission.priority;
+    let name = submission.file_name.unwrap_or_else(|| "sample".into());
+    let options = Options {
+        analysis_type: submission.analysis_type,
+        ai_model: submission.ai_model,
+        analysis_depth: submission.analysis_depth,
+        container_config: submission.container_config,
+    };
+    Ok((Sample::new(sanitize_name(&name), bytes), options))
+}
+
+/// Keeps the last path component and drops control characters: the name is shown to people
+/// and written to logs, never used as a path.
+fn sanitize_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if clean.is_empty() {
+        "sample".into()
+    } else {
+        clean
+    }
+}
+
+pub async fn status(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let unknown = || {
+        ApiError::not_found("unknown_analysis", format!("no analysis with id {:?}", path.as_str()))
+    };
+    let id: JobId = path.parse().map_err(|_| unknown())?;
+    let record = state.engine.job(&id).ok_or_else(unknown)?;
+    Ok(HttpResponse::Ok().json(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_lose_their_paths_and_control_characters() {
+        assert_eq!(sanitize_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_name("C:\\Users\\x\\evil.exe"), "evil.exe");
+        assert_eq!(sanitize_name("a\nb\u{0}.js"), "ab.js");
+        assert_eq!(sanitize_name(""), "sample");
+    }
+}

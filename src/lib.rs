@@ -1,0 +1,24 @@
+//! The `athena` binary's library: configuration, HTTP API and CLI commands, on top of the
+//! `athena-actors` engine. It is a library so that the black-box tests start the very same
+//! server the binary runs.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+
+use std::net::TcpListener;
+
+use athena_actors::clock;
+use athena_actors::engine::Engine;
+
+/// Starts the engine and binds the HTTP server from a loaded configuration. Must run inside
+/// an actix system.
+pub fn start(loaded: &config::Loaded) -> anyhow::Result<http::RunningServer> {
+    let config = &loaded.config;
+    let engine = Engine::start(&config.engine(), &loaded.flag_layers(), clock::system())?;
+    let listener = TcpListener::bind(&config.server.bind)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
+    let server =
+        http::bind(engine, listener, config.server.http_workers, config.server.max_body_bytes)?;
+    Ok(server)
+}

@@ -1,0 +1,131 @@
+//! `athena`: the job engine for malware analysis.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use athena::config;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "athena", version, about = "Job engine for malware analysis")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine and its HTTP API.
+    Serve {
+        /// Configuration file overriding the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding `server.bind`.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Submit a file to a running server and print the result.
+    Submit {
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// static, deobfuscate, vulnerabilities or full.
+        #[arg(long = "type", default_value = "full")]
+        analysis_type: String,
+        /// quick, standard or deep.
+        #[arg(long, default_value = "standard")]
+        depth: String,
+        /// Print the job id and return without waiting for the result.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for the result.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Print the effective configuration (secrets redacted); exit 2 when it is invalid.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str, format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match athena::cli::check_config(config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Serve { config, bind } => {
+            let mut loaded = match config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(bind) = bind {
+                loaded.config.server.bind = bind;
+            }
+            init_logging(&loaded.config.log.level, &loaded.config.log.format);
+            match actix_rt::System::new().block_on(serve(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(cause = %err, "athena stopped");
+                    eprintln!("athena: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Submit { file, server, analysis_type, depth, no_wait, timeout } => {
+            let run =
+                athena::cli::submit(&server, &file, &analysis_type, &depth, !no_wait, timeout);
+            match actix_rt::System::new().block_on(run) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("athena submit: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
+    let grace = loaded.config.server.shutdown_grace;
+    let server = athena::start(&loaded)?;
+    tracing::info!(addr = %server.addr, "athena listening");
+    println!("athena listening on http://{}", server.addr);
+
+    let mut term = actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = actix_rt::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown requested; finishing accepted jobs");
+    let left = server.shutdown(grace).await;
+    if left > 0 {
+        tracing::warn!(left, "jobs still running at the end of the shutdown grace period");
+    }
+    server.stopped().await?;
+    Ok(())
+}
