@@ -133,7 +133,7 @@ impl Config {
         let mut shown = self.clone();
         for provider in shown.providers.values_mut() {
             if provider.has_credentials() {
-                provider.api_key = Some("<redacted>".into());
+                provider.api_key = Some(athena_actors::provider::Secret::new("<redacted>"));
             }
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
@@ -263,5 +263,97 @@ fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment:
                 insert_path(inner, rest, value);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use athena_actors::flags::FlagSet;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn the_embedded_defaults_load_and_agree_with_the_code() {
+        let loaded = load_from(None, BTreeMap::new()).unwrap();
+        let config = &loaded.config;
+        assert_eq!(config.server.bind, "127.0.0.1:8080");
+        assert_eq!(config.server.max_body_bytes, 50 * 1024 * 1024);
+        assert_eq!(config.providers.len(), 3);
+        assert!(config.providers.values().all(|p| !p.has_credentials()));
+        // The file's flag table restates the built-in defaults; they must not drift apart.
+        let defaults = FlagSet::default();
+        for (name, value) in &config.flags {
+            assert_eq!(defaults.get(name).as_ref(), Some(value), "flag {name}");
+        }
+        assert_eq!(config.flags.len(), athena_actors::flags::FLAGS.len());
+    }
+
+    #[test]
+    fn a_file_then_the_environment_override_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("athena-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("override.toml");
+        std::fs::write(&file, "[server]\nbind = \"0.0.0.0:9000\"\nhttp_workers = 4\n[router]\njob_deadline = \"2m\"\n")
+            .unwrap();
+        let loaded = load_from(
+            Some(&file),
+            env(&[
+                ("ATHENA__SERVER__HTTP_WORKERS", "8"),
+                ("ATHENA__PROVIDERS__OPENAI__MODEL", "gpt-4o-mini"),
+                ("OPENAI_API_KEY", "sk-test"),
+                ("DEEPSEEK_API_BASE_URL", "http://127.0.0.1:11434/v1"),
+                ("FEATURE_ENABLEREDISCACHE", "false"),
+                ("ATHENA__FLAGS__MAINTENANCE_MODE", "true"),
+            ]),
+        )
+        .unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.server.bind, "0.0.0.0:9000");
+        assert_eq!(c.server.http_workers, 8, "environment beats the file");
+        assert_eq!(c.router.job_deadline, Duration::from_secs(120));
+        assert_eq!(c.providers["openai"].model, "gpt-4o-mini");
+        assert!(c.providers["openai"].has_credentials());
+        assert_eq!(c.providers["deepseek"].base_url, "http://127.0.0.1:11434/v1");
+        assert_eq!(loaded.env_flags["enable_redis_cache"], Value::String("false".into()));
+        assert_eq!(loaded.env_flags["maintenance_mode"], Value::String("true".into()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let err = load_from(None, env(&[("ATHENA__SERVER__HTTP_WORKERS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("server.http_workers"), "{err}");
+        let err = load_from(None, env(&[("ATHENA__ROUTER__JOB_DEADLINE", "soon")])).unwrap_err();
+        assert!(err.to_string().contains("router.job_deadline"), "{err}");
+        let err = load_from(None, env(&[("ATHENA__SERVER__NO_SUCH_KEY", "1")])).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+        let err = load_from(
+            None,
+            env(&[("ATHENA__PROVIDERS__CLAUDE__BREAKER__HALF_OPEN_MAX_CALLS", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("providers.claude.breaker"), "{err}");
+        assert!(err.to_string().contains("half_open_max_calls"), "{err}");
+        let err = load_from(None, env(&[("ATHENA__FLAGS__NOT_A_FLAG", "1")])).unwrap_err();
+        assert!(err.to_string().contains("NOT_A_FLAG"), "{err}");
+        let missing = Path::new("/nonexistent/athena.toml");
+        assert!(load_from(Some(missing), BTreeMap::new())
+            .unwrap_err()
+            .to_string()
+            .contains("does not exist"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_the_rendered_configuration() {
+        let loaded = load_from(None, env(&[("CLAUDE_API_KEY", "sk-ant-very-secret")])).unwrap();
+        let shown = loaded.config.redacted_toml();
+        assert!(!shown.contains("sk-ant-very-secret"));
+        assert!(shown.contains("<redacted>"));
+        assert!(
+            !format!("{:?}", loaded.config.providers["claude"].client()).contains("very-secret")
+        );
     }
 }

@@ -96,6 +96,12 @@ impl EngineConfig {
                 .validate()
                 .map_err(|e| ConfigError::new(format!("{key}.bulkhead"), e.to_string()))?;
         }
+        if self.router.max_records < self.router.max_active_jobs {
+            return Err(ConfigError::new(
+                "router.max_records",
+                "must be at least router.max_active_jobs, so no active job's record is dropped",
+            ));
+        }
         if self.router.max_active_jobs == 0 {
             return Err(ConfigError::new("router.max_active_jobs", "must be at least 1"));
         }

@@ -20,9 +20,15 @@ use crate::report::AnalysisReport;
 #[serde(transparent)]
 pub struct JobId(ulid::Ulid);
 
+/// Ids made in the same millisecond still sort in the order they were made.
+static ID_GENERATOR: std::sync::Mutex<ulid::Generator> =
+    std::sync::Mutex::new(ulid::Generator::new());
+
 impl JobId {
     pub fn new() -> Self {
-        JobId(ulid::Ulid::new())
+        let mut generator = ID_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        // The generator only fails when 2^80 ids were made in one millisecond.
+        JobId(generator.generate().unwrap_or_else(|_| ulid::Ulid::new()))
     }
 }
 

@@ -33,8 +33,17 @@ impl JobStore {
         }
     }
 
-    /// Removes finished records older than `retention`; answers how many went.
-    pub fn sweep(&self, retention: Duration) -> usize {
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Removes finished records older than `retention`, then the oldest finished ones beyond
+    /// `max_records`; answers how many went. Unfinished records are never removed.
+    pub fn sweep(&self, retention: Duration, max_records: usize) -> usize {
         let now = SystemTime::now();
         let before = self.jobs.len();
         self.jobs.retain(|_, r| match r.finished_at {
@@ -43,6 +52,16 @@ impl JobStore {
             }
             _ => true,
         });
+        if self.jobs.len() > max_records {
+            // Job ids are ULIDs: sorting them sorts by submission time.
+            let mut finished: Vec<JobId> =
+                self.jobs.iter().filter(|r| r.status.is_finished()).map(|r| *r.key()).collect();
+            finished.sort_unstable();
+            let excess = self.jobs.len() - max_records;
+            for id in finished.into_iter().take(excess) {
+                self.jobs.remove(&id);
+            }
+        }
         before - self.jobs.len()
     }
 
@@ -82,9 +101,29 @@ mod tests {
         store.update(&done, |r| r.status = JobStatus::Failed);
         assert_eq!(store.get(&done).unwrap().status, JobStatus::Completed);
 
-        assert_eq!(store.sweep(Duration::from_secs(600)), 0);
-        assert_eq!(store.sweep(Duration::from_secs(60)), 1);
+        assert_eq!(store.sweep(Duration::from_secs(600), 10), 0);
+        assert_eq!(store.sweep(Duration::from_secs(60), 10), 1);
         assert!(store.get(&done).is_none());
         assert!(store.get(&running).is_some(), "unfinished jobs are never swept");
+    }
+
+    #[test]
+    fn the_record_bound_drops_the_oldest_finished_jobs_first() {
+        let store = JobStore::default();
+        let spec = JobSpec::new(Sample::new("a", b"x".to_vec()));
+        let running = JobId::new();
+        store.insert(JobRecord::pending(running, &spec));
+        let finished: Vec<JobId> = (0..5).map(|_| JobId::new()).collect();
+        for id in &finished {
+            store.insert(JobRecord::pending(*id, &spec));
+            store.update(id, |r| {
+                r.status = JobStatus::Completed;
+                r.finished_at = Some(SystemTime::now());
+            });
+        }
+        assert_eq!(store.sweep(Duration::from_secs(3600), 3), 3);
+        assert!(store.get(&running).is_some());
+        assert!(store.get(&finished[0]).is_none() && store.get(&finished[2]).is_none());
+        assert!(store.get(&finished[3]).is_some() && store.get(&finished[4]).is_some());
     }
 }

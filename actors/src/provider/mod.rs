@@ -38,9 +38,9 @@ pub struct ProviderConfig {
     /// API root with its version, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub model: String,
-    /// Secret; empty or absent means the provider is unavailable and never called.
+    /// Empty or absent means the provider is unavailable and never called.
     #[serde(default)]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
     /// Lower is tried first when the priority flag does not order this provider.
@@ -57,6 +57,28 @@ pub struct ProviderConfig {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub bulkhead: BulkheadConfig,
+}
+
+/// A credential: serialises as itself (configuration files need it), but never prints, so a
+/// `{:?}` of a configuration in a log line cannot leak it.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -78,7 +100,7 @@ impl ProviderConfig {
             self.kind,
             &self.base_url,
             &self.model,
-            self.api_key.clone(),
+            self.api_key.as_ref().map(|k| k.expose().to_string()),
             self.timeout,
             self.max_tokens,
             self.temperature,
@@ -86,7 +108,7 @@ impl ProviderConfig {
     }
 
     pub fn has_credentials(&self) -> bool {
-        self.api_key.as_deref().is_some_and(|k| !k.trim().is_empty())
+        self.api_key.as_ref().is_some_and(|k| !k.expose().trim().is_empty())
     }
 }
 

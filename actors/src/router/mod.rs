@@ -38,6 +38,8 @@ pub struct RouterConfig {
     /// How long finished job records are kept.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Job records kept at most; beyond it the oldest finished ones go first.
+    pub max_records: usize,
 }
 
 impl Default for RouterConfig {
@@ -46,9 +48,13 @@ impl Default for RouterConfig {
             job_deadline: Duration::from_secs(300),
             max_active_jobs: 10_000,
             retention: Duration::from_secs(24 * 3600),
+            max_records: 200_000,
         }
     }
 }
+
+/// How often finished records past retention or past the record bound are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The jobs sharing one run: the first asked, the others joined while it was in flight.
 #[derive(Debug, Default)]
@@ -177,10 +183,8 @@ impl Actor for JobRouter {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
-        let sweep_every =
-            (self.config.retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(300));
-        ctx.run_interval(sweep_every, |act, _| {
-            let removed = act.store.sweep(act.config.retention);
+        ctx.run_interval(SWEEP_EVERY, |act, _| {
+            let removed = act.store.sweep(act.config.retention, act.config.max_records);
             if removed > 0 {
                 tracing::debug!(removed, "swept finished job records past retention");
             }
