@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use athena_actors::cache::CacheConfig;
-use athena_actors::engine::{EngineConfig, FlagLayers, ServicesConfig};
+use athena_actors::engine::{EngineConfig, FlagLayers, SemaphoresConfig, ServicesConfig};
 use athena_actors::flags::FLAGS;
 use athena_actors::provider::ProviderConfig;
 use athena_actors::router::RouterConfig;
@@ -68,6 +68,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub services: ServicesConfig,
     pub sandbox: SandboxConfig,
+    pub semaphores: SemaphoresConfig,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Flag values from the file; see `athena_actors::flags`.
@@ -100,6 +101,7 @@ impl Config {
             cache: self.cache.clone(),
             services: self.services.clone(),
             sandbox: self.sandbox.clone(),
+            semaphores: self.semaphores.clone(),
             providers: self.providers.clone(),
         }
     }

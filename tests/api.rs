@@ -90,6 +90,8 @@ async fn an_obfuscated_script_is_deobfuscated_and_its_iocs_extracted() {
     let providers = results["providers"].as_array().unwrap();
     assert_eq!(providers.len(), 3);
     assert!(providers.iter().all(|p| p["outcome"] == "unavailable"));
+    let why = results["aiError"].as_str().unwrap();
+    assert!(why.contains("no AI provider has credentials"), "{why}");
 }
 
 #[actix_rt::test]

@@ -30,6 +30,9 @@ fn with_providers(c: &mut Config, primary: &StubProvider, backup: &StubProvider)
     c.providers.insert("backup".into(), provider(&backup.base_url, 2));
     c.flags.insert("ai_provider_priority".into(), json!(["primary", "backup"]));
     c.flags.insert("cache_analysis_results".into(), json!(false));
+    // Every failover in these tests is allowed; the budget has its own test below.
+    c.router.failover_budget.min_per_second = 1000.0;
+    c.router.failover_budget.max_balance = 1000.0;
     assert_eq!(c.providers["primary"].kind, ProviderKind::Openai);
 }
 
@@ -107,6 +110,32 @@ async fn client_errors_do_not_count_against_the_provider_and_failover_can_be_tur
     let record = server.analyse("v.js", b"alert(1)", "vulnerabilities").await;
     let vulns = record["results"]["vulnerabilities"].as_array().unwrap();
     assert_eq!(vulns[0]["name"], "Stub finding");
+    primary.stop().await;
+    backup.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_empty_failover_budget_stops_failover_and_the_report_says_why() {
+    let primary = StubProvider::start(503);
+    let backup = StubProvider::start(0);
+    let mut server = TestServer::start(config(&[], |c| {
+        with_providers(c, &primary, &backup);
+        c.router.failover_budget.ratio = 0.0;
+        c.router.failover_budget.min_per_second = 0.0;
+        c.router.failover_budget.max_balance = 1.0;
+    }))
+    .await;
+
+    let record = server.analyse("b.js", b"eval('1')", "deobfuscate").await;
+    let results = &record["results"];
+    let attempts = results["providers"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0]["outcome"], "failure");
+    assert_eq!(attempts[1]["outcome"], "rejected");
+    assert_eq!(attempts[1]["detail"], "failover retry budget exhausted");
+    assert_eq!(backup.calls(), 0);
+    let why = results["aiError"].as_str().expect("the report says why the AI part is missing");
+    assert!(why.contains("primary failure") && why.contains("budget"), "{why}");
     primary.stop().await;
     backup.stop().await;
 }

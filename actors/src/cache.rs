@@ -171,6 +171,13 @@ impl Handler<CachePut> for CacheActor {
     }
 }
 
+/// Nothing this worker does depends on flags: each request carries what it needs.
+impl Handler<crate::flags::FlagsChanged> for CacheActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::flags::FlagsChanged, _: &mut Self::Context) {}
+}
+
 impl Handler<Retire> for CacheActor {
     type Result = ();
 

@@ -22,9 +22,11 @@ use crate::events::EventHub;
 use crate::flags::{FlagError, FlagsActor, Subscribe};
 use crate::job::{JobId, JobRecord, JobSpec};
 use crate::provider::{BreakerBoard, BreakerView, ControlBreaker, ProviderActor, ProviderConfig};
+use crate::retry_budget::RetryBudget;
 use crate::router::ProviderHandle;
 use crate::router::{GetRouterStatus, JobRouter, RouterConfig, RouterStatus, Services, SubmitJob};
 use crate::sandbox::{SandboxActor, SandboxConfig};
+use crate::semaphore::{SemaphoreStats, Semaphores};
 use crate::static_analyzer::StaticAnalyzer;
 use crate::store::JobStore;
 use crate::supervisor::{
@@ -55,6 +57,25 @@ pub struct ServicesConfig {
     pub cache: ServiceConfig,
 }
 
+/// Global permits shared across services.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SemaphoresConfig {
+    /// The longest a stage waits for a permit before the attempt is rejected.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Permits by name: `ai.total_requests` bounds provider calls in flight across all
+    /// providers, `container.total` bounds sandbox runs.
+    pub limits: BTreeMap<String, usize>,
+}
+
+impl Default for SemaphoresConfig {
+    fn default() -> Self {
+        let limits = [("ai.total_requests".to_string(), 16), ("container.total".to_string(), 4)];
+        SemaphoresConfig { timeout: Duration::from_secs(30), limits: limits.into_iter().collect() }
+    }
+}
+
 /// Everything the engine needs; the binary's config file deserialises into it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -63,6 +84,7 @@ pub struct EngineConfig {
     pub cache: CacheConfig,
     pub services: ServicesConfig,
     pub sandbox: SandboxConfig,
+    pub semaphores: SemaphoresConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
@@ -96,6 +118,12 @@ impl EngineConfig {
                 .validate()
                 .map_err(|e| ConfigError::new(format!("{key}.bulkhead"), e.to_string()))?;
         }
+        self.router
+            .failover_budget
+            .validate()
+            .map_err(|e| ConfigError::new("router.failover_budget", e))?;
+        Semaphores::from_config(self.semaphores.limits.clone())
+            .map_err(|e| ConfigError::new("semaphores.limits", e.problem))?;
         if self.router.max_records < self.router.max_active_jobs {
             return Err(ConfigError::new(
                 "router.max_records",
@@ -139,6 +167,12 @@ impl EngineConfig {
             }
             if provider.workers == 0 {
                 return Err(ConfigError::new(format!("{key}.workers"), "must be at least 1"));
+            }
+            if provider.restart_window.is_zero() {
+                return Err(ConfigError::new(
+                    format!("{key}.restart_window"),
+                    "must be longer than zero",
+                ));
             }
             if provider.timeout.is_zero() {
                 return Err(ConfigError::new(format!("{key}.timeout"), "must be longer than zero"));
@@ -242,6 +276,9 @@ pub struct EngineStatus {
     pub services: Vec<ServiceStatus>,
     pub breakers: Vec<BreakerView>,
     pub providers: Vec<ProviderSummary>,
+    pub semaphores: Vec<SemaphoreStats>,
+    /// Failover retries the shared budget allows right now.
+    pub failover_budget: f64,
     pub cache: CacheStats,
 }
 
@@ -354,12 +391,17 @@ impl Engine {
             });
         }
 
+        let semaphores = Semaphores::from_config(config.semaphores.limits.clone())
+            .map_err(|e| ConfigError::new("semaphores.limits", e.problem))?;
         let services = Services {
             cache,
             static_analysis,
             container,
             providers: Arc::new(handles),
             board: board.clone(),
+            semaphores,
+            semaphore_timeout: config.semaphores.timeout,
+            failover_budget: RetryBudget::new(config.router.failover_budget, clock.clone()),
         };
         let store = JobStore::default();
         let events = EventHub::default();
@@ -432,6 +474,8 @@ impl Engine {
             services,
             breakers: self.board.views(),
             providers: self.providers.to_vec(),
+            semaphores: self.services.semaphores.stats(),
+            failover_budget: self.services.failover_budget.balance(),
             cache: self.memory_tier.stats(),
         }
     }

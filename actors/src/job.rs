@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::analysis::Depth;
+use crate::bulkhead::Priority;
 use crate::report::AnalysisReport;
 
 /// Opaque job identifier: a ULID, so ids sort by submission time and carry no guessable counter.
@@ -159,6 +160,8 @@ pub struct JobSpec {
     pub ai_model: Option<String>,
     /// Free-form sandbox settings passed to the container stage.
     pub container_config: Option<serde_json::Value>,
+    /// Lane in every bulkhead the job passes through.
+    pub priority: Priority,
 }
 
 impl JobSpec {
@@ -169,6 +172,7 @@ impl JobSpec {
             depth: Depth::default(),
             ai_model: None,
             container_config: None,
+            priority: Priority::Normal,
         }
     }
 

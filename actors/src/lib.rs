@@ -11,6 +11,7 @@
 //! | [`supervisor`] | `ServiceSupervisor`: one bulkhead and one restartable worker pool per service |
 //! | [`bulkhead`] | bounded concurrency and queue with priority lanes and queue timeouts |
 //! | [`semaphore`] | global permits shared across services |
+//! | [`retry_budget`] | bounds failover retries to a fraction of first calls |
 //! | [`breaker`] | the circuit breaker state machine (injected clock, no I/O) |
 //! | [`static_analyzer`] | worker of the `static` service |
 //! | [`analysis`] | the static analyzer itself: file types, hashes, strings, IOCs, verdict |
@@ -38,6 +39,7 @@ pub mod flags;
 pub mod job;
 pub mod provider;
 pub mod report;
+pub mod retry_budget;
 pub mod router;
 pub mod sandbox;
 pub mod semaphore;

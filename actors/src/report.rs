@@ -254,4 +254,7 @@ pub struct AnalysisReport {
     pub container: Option<ContainerReport>,
     /// Whether an AI provider other than the first one tried produced the AI part.
     pub used_fallback: bool,
+    /// Why an AI analysis the job asked for is missing, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ai_error: Option<String>,
 }

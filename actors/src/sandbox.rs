@@ -98,6 +98,13 @@ impl Handler<RunSandbox> for SandboxActor {
     }
 }
 
+/// Nothing this worker does depends on flags: each request carries what it needs.
+impl Handler<crate::flags::FlagsChanged> for SandboxActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::flags::FlagsChanged, _: &mut Self::Context) {}
+}
+
 impl Handler<Retire> for SandboxActor {
     type Result = ();
 

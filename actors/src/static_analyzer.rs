@@ -74,6 +74,13 @@ impl Handler<AnalyzeSample> for StaticAnalyzer {
     }
 }
 
+/// Nothing this worker does depends on flags: each request carries what it needs.
+impl Handler<crate::flags::FlagsChanged> for StaticAnalyzer {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::flags::FlagsChanged, _: &mut Self::Context) {}
+}
+
 impl Handler<Retire> for StaticAnalyzer {
     type Result = ();
 

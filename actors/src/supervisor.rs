@@ -23,10 +23,17 @@ use crate::bulkhead::{Bulkhead, BulkheadError, BulkheadStats, Priority};
 use crate::flags::FlagsChanged;
 use crate::telemetry::{Telemetry, TelemetryEvent};
 
-/// A worker actor a supervisor can pool.
-pub trait Worker: Actor<Context = Context<Self>> + Supervised + Handler<Retire> + Unpin {}
+/// A worker actor a supervisor can pool. Workers receive every flags snapshot the
+/// supervisor receives, so settings such as the adaptive breaker rule apply to them too.
+pub trait Worker:
+    Actor<Context = Context<Self>> + Supervised + Handler<Retire> + Handler<FlagsChanged> + Unpin
+{
+}
 
-impl<W> Worker for W where W: Actor<Context = Context<W>> + Supervised + Handler<Retire> + Unpin {}
+impl<W> Worker for W where
+    W: Actor<Context = Context<W>> + Supervised + Handler<Retire> + Handler<FlagsChanged> + Unpin
+{
+}
 
 /// Builds the worker for a pool slot; called at start, on growth and on replacement.
 pub type WorkerFactory<W> = Arc<dyn Fn(usize) -> W + Send + Sync>;
@@ -145,6 +152,8 @@ pub struct ServiceSupervisor<W: Worker> {
     next_index: usize,
     /// Workers found dead (not restarted by actix) and replaced at dispatch.
     replaced: u64,
+    /// The latest flags, handed to workers started after they arrived.
+    flags: Option<FlagsChanged>,
     telemetry: Telemetry,
 }
 
@@ -163,6 +172,7 @@ impl<W: Worker> ServiceSupervisor<W> {
             slots: Vec::new(),
             next_index: 0,
             replaced: 0,
+            flags: None,
             telemetry,
         };
         supervisor.grow_to(workers.max(1));
@@ -174,6 +184,9 @@ impl<W: Worker> ServiceSupervisor<W> {
         self.next_index += 1;
         let factory = self.factory.clone();
         let addr = actix::Supervisor::start(move |_| factory(index));
+        if let Some(flags) = &self.flags {
+            addr.do_send(flags.clone());
+        }
         Slot { index, addr, in_flight: Rc::new(Cell::new(0)) }
     }
 
@@ -310,6 +323,10 @@ impl<W: Worker> Handler<FlagsChanged> for ServiceSupervisor<W> {
 
     fn handle(&mut self, msg: FlagsChanged, _: &mut Self::Context) {
         self.bulkhead.set_enabled(msg.0.enable_bulkhead);
+        for slot in &self.slots {
+            slot.addr.do_send(msg.clone());
+        }
+        self.flags = Some(msg);
     }
 }
 
@@ -397,6 +414,11 @@ mod tests {
         fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
             self.book.retire(ctx);
         }
+    }
+
+    impl Handler<FlagsChanged> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: FlagsChanged, _: &mut Context<Self>) {}
     }
 
     #[derive(Debug, Clone, Copy)]

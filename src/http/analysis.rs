@@ -8,6 +8,7 @@
 use actix_multipart::Multipart;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use athena_actors::bulkhead::Priority;
 use athena_actors::job::{AnalysisType, JobId, JobSpec, Sample};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -39,6 +40,7 @@ struct Options {
     ai_model: Option<String>,
     analysis_depth: Option<String>,
     container_config: Option<Value>,
+    priority: Option<String>,
 }
 
 pub async fn submit(
@@ -82,6 +84,18 @@ fn build_spec(sample: Sample, options: Options) -> Result<JobSpec, ApiError> {
     if let Some(d) = options.analysis_depth.as_deref().filter(|s| !s.is_empty()) {
         spec.depth = d.parse().map_err(ApiError::bad_request)?;
     }
+    if let Some(p) = options.priority.as_deref().filter(|s| !s.is_empty()) {
+        spec.priority = match p.trim().to_ascii_lowercase().as_str() {
+            "high" => Priority::High,
+            "normal" => Priority::Normal,
+            "low" => Priority::Low,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown priority {other:?}: expected high, normal or low"
+                )))
+            }
+        };
+    }
     spec.ai_model = options.ai_model.filter(|m| !m.trim().is_empty());
     spec.container_config = options.container_config;
     Ok(spec)
@@ -123,6 +137,7 @@ async fn read_multipart(mut form: Multipart, limit: usize) -> Result<(Sample, Op
             "analysisType" => options.analysis_type = Some(text()?),
             "aiModel" => options.ai_model = Some(text()?),
             "analysisDepth" => options.analysis_depth = Some(text()?),
+            "priority" => options.priority = Some(text()?),
             "containerConfig" => {
                 let raw = text()?;
                 let value = serde_json::from_str(&raw).map_err(|e| {
@@ -176,13 +191,13 @@ async fn read_json(mut payload: web::Payload, limit: usize) -> Result<(Sample, O
     if bytes.is_empty() {
         return Err(ApiError::bad_request("fileContent decodes to an empty file"));
     }
-    let _ = submission.priority;
     let name = submission.file_name.unwrap_or_else(|| "sample".into());
     let options = Options {
         analysis_type: submission.analysis_type,
         ai_model: submission.ai_model,
         analysis_depth: submission.analysis_depth,
         container_config: submission.container_config,
+        priority: submission.priority,
     };
     Ok((Sample::new(sanitize_name(&name), bytes), options))
 }

@@ -383,6 +383,17 @@ impl CircuitBreaker {
         }
     }
 
+    /// Opens the breaker for its current backoff period on evidence from outside the call path
+    /// (the owner's worker keeps crashing). Only a closed or half-open breaker moves; an
+    /// operator's forced state and a disabled breaker are left alone.
+    pub fn trip(&mut self, reason: &'static str) {
+        let now = self.clock.now();
+        self.tick(now);
+        if matches!(self.state, BreakerState::Closed | BreakerState::HalfOpen) {
+            self.enter(BreakerState::Open, reason, now);
+        }
+    }
+
     /// A read-only view as of the last call (lazy transitions are not applied; call
     /// [`state`](Self::state) first for an up-to-date state).
     pub fn snapshot(&self) -> BreakerSnapshot {

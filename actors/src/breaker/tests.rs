@@ -837,3 +837,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn trip_opens_a_closed_breaker_for_its_backoff_and_leaves_operator_states_alone() {
+    let clock = ManualClock::new();
+    let mut breaker = CircuitBreaker::new(BreakerConfig::default(), Arc::new(clock.clone()));
+    breaker.trip("restart_limit");
+    assert_eq!(breaker.state(), BreakerState::Open);
+    let transitions = breaker.take_transitions();
+    assert_eq!(transitions.len(), 1);
+    assert_eq!(transitions[0].reason, "restart_limit");
+    assert!(breaker.snapshot().open_for_ms.is_some());
+
+    breaker.force(AdminAction::ForceOpen);
+    breaker.trip("restart_limit");
+    assert_eq!(breaker.state(), BreakerState::ForcedOpen);
+    breaker.force(AdminAction::Disable);
+    breaker.trip("restart_limit");
+    assert_eq!(breaker.state(), BreakerState::Disabled);
+}

@@ -11,6 +11,7 @@ mod board;
 mod client;
 mod prompt;
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use crate::breaker::{
 };
 use crate::bulkhead::BulkheadConfig;
 use crate::clock::SharedClock;
+use crate::flags::FlagsChanged;
 use crate::supervisor::{Retire, WorkerBook};
 use crate::telemetry::{Telemetry, TelemetryEvent};
 
@@ -57,6 +59,12 @@ pub struct ProviderConfig {
     pub breaker: BreakerConfig,
     #[serde(default)]
     pub bulkhead: BulkheadConfig,
+    /// More worker restarts than this within `restart_window` open the breaker instead of
+    /// restarting in a loop.
+    #[serde(default = "default_restart_limit")]
+    pub restart_limit: u32,
+    #[serde(with = "humantime_serde", default = "default_restart_window")]
+    pub restart_window: Duration,
 }
 
 /// A credential: serialises as itself (configuration files need it), but never prints, so a
@@ -92,6 +100,12 @@ fn default_temperature() -> f64 {
 }
 fn default_workers() -> usize {
     1
+}
+fn default_restart_limit() -> u32 {
+    3
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl ProviderConfig {
@@ -132,6 +146,13 @@ pub struct ProviderActor {
     slot: usize,
     client: ProviderClient,
     breaker: CircuitBreaker,
+    /// The breaker settings as configured; the adaptive flag may switch the slow-call rule off.
+    configured: BreakerConfig,
+    /// Recent restarts, to stop a crash loop by opening the breaker.
+    restarts: VecDeque<Instant>,
+    restart_limit: u32,
+    restart_window: Duration,
+    clock: SharedClock,
     board: BreakerBoard,
     telemetry: Telemetry,
     book: WorkerBook,
@@ -146,12 +167,17 @@ impl ProviderActor {
         board: BreakerBoard,
         telemetry: Telemetry,
     ) -> Self {
-        let breaker = CircuitBreaker::new(config.breaker.clone(), clock);
+        let breaker = CircuitBreaker::new(config.breaker.clone(), clock.clone());
         let mut actor = ProviderActor {
             name: name.to_string(),
             slot,
             client: config.client(),
             breaker,
+            configured: config.breaker.clone(),
+            restarts: VecDeque::new(),
+            restart_limit: config.restart_limit,
+            restart_window: config.restart_window,
+            clock,
             board,
             telemetry,
             book: WorkerBook::new(format!("ai.{name}")),
@@ -201,6 +227,41 @@ impl Actor for ProviderActor {
 impl Supervised for ProviderActor {
     fn restarting(&mut self, _: &mut Self::Context) {
         self.book.restarted(&self.telemetry);
+        let now = self.clock.now();
+        self.restarts.push_back(now);
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > self.restart_window)
+        {
+            self.restarts.pop_front();
+        }
+        if self.restarts.len() > self.restart_limit as usize {
+            tracing::warn!(
+                provider = %self.name,
+                restarts = self.restarts.len(),
+                window = ?self.restart_window,
+                "provider worker keeps crashing; opening its breaker"
+            );
+            self.breaker.trip("restart_limit");
+            self.restarts.clear();
+        }
+        self.publish();
+    }
+}
+
+impl Handler<FlagsChanged> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FlagsChanged, _: &mut Self::Context) {
+        let mut config = self.configured.clone();
+        if !msg.0.enable_adaptive_circuit_breaker {
+            config.slow_call_rate_threshold = 0.0;
+        }
+        if &config != self.breaker.config() {
+            self.breaker.set_config(config);
+            self.publish();
+        }
     }
 }
 

@@ -15,9 +15,12 @@ use actix::prelude::*;
 use super::pipeline::Services;
 use crate::flags::FlagSet;
 use crate::job::{AnalysisType, JobSpec};
-use crate::provider::{AiTask, AiTaskKind, CallProvider, ProviderActor};
+use crate::provider::{AiTask, AiTaskKind, CallProvider, ProviderActor, ProviderError};
 use crate::report::{ProviderAttempt, StaticReport, Vulnerability};
 use crate::supervisor::{Dispatch, DispatchError, ServiceSupervisor};
+
+/// The global permit every provider call holds.
+pub const AI_SEMAPHORE: &str = "ai.total_requests";
 
 /// Text sent to a provider at most; a sample beyond it is truncated and the cut is labelled.
 const MAX_PROMPT_SAMPLE_BYTES: usize = 48 * 1024;
@@ -43,6 +46,8 @@ pub(crate) struct AiResult {
     pub all_succeeded: bool,
     /// Nothing failed that a later run could do better (no provider tried and failed).
     pub cacheable: bool,
+    /// Why a requested analysis is missing, when one is.
+    pub error: Option<String>,
 }
 
 impl AiResult {
@@ -57,6 +62,7 @@ pub(crate) async fn run(
     static_report: &StaticReport,
     services: &Services,
     flags: &FlagSet,
+    deadline: tokio::time::Instant,
 ) -> AiResult {
     let kinds: &[AiTaskKind] = match spec.analysis_type {
         AnalysisType::Static => &[],
@@ -68,6 +74,7 @@ pub(crate) async fn run(
     let content = sample_content(spec, static_report);
 
     let mut result = AiResult::nothing_asked();
+    let mut missing = Vec::new();
     for &kind in kinds {
         let task = AiTask {
             kind,
@@ -75,107 +82,141 @@ pub(crate) async fn run(
             file_type: static_report.facts.file_type.as_str(),
             content: content.clone(),
         };
-        let mut answered = false;
-        let mut tried = 0;
-        for provider in &order {
-            if !provider.has_credentials {
-                result.attempts.push(attempt(
-                    provider,
-                    "unavailable",
-                    Some("no API key is configured".into()),
-                    None,
-                ));
-                continue;
-            }
-            if flags.enable_circuit_breaker && !services.board.admits(&provider.name) {
-                result.attempts.push(attempt(
-                    provider,
-                    "rejected",
-                    Some("circuit breaker is open".into()),
-                    None,
-                ));
-                result.cacheable = false;
-                continue;
-            }
-            tried += 1;
-            let started = Instant::now();
-            let call =
-                CallProvider { task: task.clone(), use_breaker: flags.enable_circuit_breaker };
-            let answer = provider.supervisor.send(Dispatch::new(call)).await;
-            let latency = Some(started.elapsed());
-            match answer {
-                Ok(Ok(Ok(output))) => {
-                    result.attempts.push(attempt(
-                        provider,
-                        "success",
-                        Some(format!("{kind:?} by {}", output.model)),
-                        latency,
-                    ));
-                    result.used_fallback |= tried > 1 || provider.name != order_first(&order);
-                    if output.deobfuscated_code.is_some() {
-                        result.deobfuscated_code = output.deobfuscated_code;
-                    }
-                    if let Some(text) = output.analysis_report {
-                        let joined = match result.analysis_report.take() {
-                            Some(mut prior) => {
-                                let _ = write!(prior, "\n\n{text}");
-                                prior
-                            }
-                            None => text,
-                        };
-                        result.analysis_report = Some(joined);
-                    }
-                    result.vulnerabilities.extend(output.vulnerabilities);
-                    answered = true;
-                    break;
-                }
-                Ok(Ok(Err(err))) => {
-                    let outcome =
-                        if matches!(err, crate::provider::ProviderError::BreakerOpen { .. }) {
-                            "rejected"
-                        } else {
-                            "failure"
-                        };
-                    result.attempts.push(attempt(
-                        provider,
-                        outcome,
-                        Some(err.to_string()),
-                        latency,
-                    ));
-                }
-                Ok(Err(DispatchError::Bulkhead(err))) => {
-                    result.attempts.push(attempt(
-                        provider,
-                        "rejected",
-                        Some(err.to_string()),
-                        latency,
-                    ));
-                }
-                Ok(Err(err @ DispatchError::WorkerLost { .. })) => {
-                    result.attempts.push(attempt(
-                        provider,
-                        "failure",
-                        Some(err.to_string()),
-                        latency,
-                    ));
-                }
-                Err(_) => {
-                    result.attempts.push(attempt(
-                        provider,
-                        "failure",
-                        Some("provider service stopped".into()),
-                        latency,
-                    ));
-                }
-            }
-            result.cacheable = false;
-            if !flags.enable_ai_failover {
-                break;
-            }
+        let before = result.attempts.len();
+        let answered =
+            try_providers(&task, &order, spec, services, flags, deadline, &mut result).await;
+        if !answered {
+            result.all_succeeded = false;
+            missing.push(why_missing(kind, &result.attempts[before..]));
         }
-        result.all_succeeded &= answered;
+    }
+    if !missing.is_empty() {
+        result.error = Some(missing.join("; "));
     }
     result
+}
+
+/// Tries providers in order until one answers the task; answers whether one did.
+async fn try_providers(
+    task: &AiTask,
+    order: &[&ProviderHandle],
+    spec: &JobSpec,
+    services: &Services,
+    flags: &FlagSet,
+    deadline: tokio::time::Instant,
+    result: &mut AiResult,
+) -> bool {
+    let mut calls = 0;
+    for provider in order {
+        if !provider.has_credentials {
+            result.attempts.push(skipped(provider, "unavailable", "no API key is configured"));
+            continue;
+        }
+        if flags.enable_circuit_breaker && !services.board.admits(&provider.name) {
+            result.attempts.push(skipped(provider, "rejected", "circuit breaker is open"));
+            result.cacheable = false;
+            continue;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            result.attempts.push(skipped(provider, "rejected", "the job's deadline has passed"));
+            result.cacheable = false;
+            break;
+        }
+        // The first call is paid for; every failover is a retry the shared budget must allow.
+        if calls == 0 {
+            services.failover_budget.deposit();
+        } else if !services.failover_budget.try_withdraw() {
+            result.attempts.push(skipped(provider, "rejected", "failover retry budget exhausted"));
+            break;
+        }
+        calls += 1;
+
+        let started = Instant::now();
+        let permit = match services.semaphores.get(AI_SEMAPHORE) {
+            Some(semaphore) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let wait = services.semaphore_timeout.min(left);
+                match semaphore.acquire(wait).await {
+                    Ok(permit) => Some(permit),
+                    Err(err) => {
+                        result.attempts.push(attempt(
+                            provider,
+                            "rejected",
+                            Some(err.to_string()),
+                            None,
+                        ));
+                        result.cacheable = false;
+                        // The budget is global: the next provider would wait for the same permit.
+                        break;
+                    }
+                }
+            }
+            None => None,
+        };
+        let call = CallProvider { task: task.clone(), use_breaker: flags.enable_circuit_breaker };
+        let answer =
+            provider.supervisor.send(Dispatch { msg: call, priority: spec.priority }).await;
+        drop(permit);
+        let latency = Some(started.elapsed());
+        let (outcome, detail) = match answer {
+            Ok(Ok(Ok(output))) => {
+                let detail = format!("{:?} by {}", task.kind, output.model);
+                result.attempts.push(attempt(provider, "success", Some(detail), latency));
+                result.used_fallback |= provider.name != order_first(order);
+                merge(result, output);
+                return true;
+            }
+            Ok(Ok(Err(err @ ProviderError::BreakerOpen { .. }))) => ("rejected", err.to_string()),
+            Ok(Ok(Err(err))) => ("failure", err.to_string()),
+            Ok(Err(err @ DispatchError::Bulkhead(_))) => ("rejected", err.to_string()),
+            Ok(Err(err @ DispatchError::WorkerLost { .. })) => ("failure", err.to_string()),
+            Err(_) => ("failure", "the provider service has stopped".to_string()),
+        };
+        result.attempts.push(attempt(provider, outcome, Some(detail), latency));
+        result.cacheable = false;
+        if !flags.enable_ai_failover {
+            break;
+        }
+    }
+    false
+}
+
+fn merge(result: &mut AiResult, output: crate::provider::AiOutput) {
+    if output.deobfuscated_code.is_some() {
+        result.deobfuscated_code = output.deobfuscated_code;
+    }
+    if let Some(text) = output.analysis_report {
+        result.analysis_report = Some(match result.analysis_report.take() {
+            Some(prior) => format!("{prior}\n\n{text}"),
+            None => text,
+        });
+    }
+    result.vulnerabilities.extend(output.vulnerabilities);
+}
+
+/// One sentence on why no provider produced an analysis, from what was tried.
+fn why_missing(kind: AiTaskKind, attempts: &[ProviderAttempt]) -> String {
+    let name = match kind {
+        AiTaskKind::Deobfuscate => "deobfuscation",
+        AiTaskKind::Vulnerabilities => "vulnerability",
+    };
+    if attempts.is_empty() {
+        return format!("no AI provider is in the priority order for the {name} analysis");
+    }
+    if attempts.iter().all(|a| a.outcome == "unavailable") {
+        return format!(
+            "no AI provider has credentials, so the {name} analysis comes from static analysis only"
+        );
+    }
+    let tried: Vec<String> = attempts
+        .iter()
+        .map(|a| format!("{} {} ({})", a.provider, a.outcome, a.detail.as_deref().unwrap_or("")))
+        .collect();
+    format!("no AI provider could take the {name} analysis: {}", tried.join(", "))
+}
+
+fn skipped(provider: &ProviderHandle, outcome: &str, detail: &str) -> ProviderAttempt {
+    attempt(provider, outcome, Some(detail.to_string()), None)
 }
 
 fn order_first<'a>(order: &[&'a ProviderHandle]) -> &'a str {

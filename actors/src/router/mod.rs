@@ -21,6 +21,7 @@ use crate::events::{EventHub, JobEvent};
 use crate::flags::{FlagSet, FlagsChanged};
 use crate::job::{JobFailure, JobId, JobRecord, JobSpec, JobStatus, WorkKey};
 use crate::report::AnalysisReport;
+use crate::retry_budget::RetryBudgetConfig;
 use crate::store::JobStore;
 use crate::telemetry::{Telemetry, TelemetryEvent};
 
@@ -40,6 +41,8 @@ pub struct RouterConfig {
     pub retention: Duration,
     /// Job records kept at most; beyond it the oldest finished ones go first.
     pub max_records: usize,
+    /// Bounds failover retries across all jobs.
+    pub failover_budget: RetryBudgetConfig,
 }
 
 impl Default for RouterConfig {
@@ -49,6 +52,7 @@ impl Default for RouterConfig {
             max_active_jobs: 10_000,
             retention: Duration::from_secs(24 * 3600),
             max_records: 200_000,
+            failover_budget: RetryBudgetConfig::default(),
         }
     }
 }
@@ -218,17 +222,18 @@ impl Handler<SubmitJob> for JobRouter {
         group.lock().push((id, Instant::now()));
         self.in_flight.insert(key.clone(), group.clone());
 
-        let run = pipeline::run(
-            spec,
-            key.clone(),
-            self.flags.clone(),
-            self.services.clone(),
-            self.store.clone(),
-            self.events.clone(),
-            self.telemetry.clone(),
-            group.clone(),
-        );
         let deadline = self.config.job_deadline;
+        let run = pipeline::run(pipeline::Run {
+            spec,
+            key: key.clone(),
+            flags: self.flags.clone(),
+            services: self.services.clone(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            telemetry: self.telemetry.clone(),
+            group: group.clone(),
+            deadline: tokio::time::Instant::now() + deadline,
+        });
         let bounded = async move {
             match tokio::time::timeout(deadline, run).await {
                 Ok(outcome) => outcome,

@@ -18,13 +18,15 @@ use crate::events::{EventHub, JobEvent};
 use crate::flags::FlagSet;
 use crate::job::{AnalysisType, JobFailure, JobSpec, JobStatus, WorkKey};
 use crate::report::{AnalysisReport, ContainerReport, StaticReport, ThreatLevel};
+use crate::retry_budget::RetryBudget;
 use crate::sandbox::{RunSandbox, SandboxActor};
+use crate::semaphore::Semaphores;
 use crate::static_analyzer::{AnalyzeSample, StaticAnalyzer};
 use crate::store::JobStore;
 use crate::supervisor::{Dispatch, ServiceSupervisor};
 use crate::telemetry::{Telemetry, TelemetryEvent};
 
-/// The supervisors a run dispatches to.
+/// The supervisors a run dispatches to, and the limits shared by every run.
 #[derive(Clone)]
 pub struct Services {
     pub cache: Addr<ServiceSupervisor<CacheActor>>,
@@ -32,7 +34,29 @@ pub struct Services {
     pub container: Addr<ServiceSupervisor<SandboxActor>>,
     pub providers: Arc<Vec<ProviderHandle>>,
     pub board: crate::provider::BreakerBoard,
+    /// Global permits such as `ai.total_requests` and `container.total`.
+    pub semaphores: Semaphores,
+    /// The longest a stage waits for a global permit.
+    pub semaphore_timeout: std::time::Duration,
+    pub failover_budget: RetryBudget,
 }
+
+/// Everything one run needs.
+pub(crate) struct Run {
+    pub spec: JobSpec,
+    pub key: WorkKey,
+    pub flags: Arc<FlagSet>,
+    pub services: Services,
+    pub store: JobStore,
+    pub events: EventHub,
+    pub telemetry: Telemetry,
+    pub group: Arc<WorkGroup>,
+    /// When the job's deadline passes; failover stops trying new providers then.
+    pub deadline: tokio::time::Instant,
+}
+
+/// The global permit every sandbox run holds.
+pub const CONTAINER_SEMAPHORE: &str = "container.total";
 
 /// Progress and events for every job of a group.
 struct Progress<'a> {
@@ -101,17 +125,8 @@ impl<'a> StageTimer<'a> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run(
-    spec: JobSpec,
-    key: WorkKey,
-    flags: Arc<FlagSet>,
-    services: Services,
-    store: JobStore,
-    events: EventHub,
-    telemetry: Telemetry,
-    group: Arc<WorkGroup>,
-) -> RunOutcome {
+pub(crate) async fn run(run: Run) -> RunOutcome {
+    let Run { spec, key, flags, services, store, events, telemetry, group, deadline } = run;
     let progress = Progress { group: &group, store: &store, events: &events };
     let cache_key = key.to_string();
     let use_cache = flags.cache_analysis_results;
@@ -149,7 +164,7 @@ pub(crate) async fn run(
     if spec.analysis_type.wants_ai() {
         progress.stage("ai", 60);
         let timer = StageTimer::start("ai", &telemetry, &flags);
-        ai = ai_stage::run(&spec, &static_report, &services, &flags).await;
+        ai = ai_stage::run(&spec, &static_report, &services, &flags, deadline).await;
         timer.done(if ai.all_succeeded { "success" } else { "degraded" });
     }
 
@@ -183,7 +198,8 @@ async fn static_stage(
         attempts += 1;
         let timer = StageTimer::start("static", telemetry, flags);
         let msg = AnalyzeSample { sample: spec.sample.clone(), depth };
-        let result = match services.static_analysis.send(Dispatch::new(msg)).await {
+        let dispatch = Dispatch { msg, priority: spec.priority };
+        let result = match services.static_analysis.send(dispatch).await {
             Ok(Ok(inner)) => inner,
             Ok(Err(dispatch)) => Err(StageError::from(dispatch)),
             Err(_) => Err(StageError::WorkerLost { service: "static".into() }),
@@ -213,11 +229,23 @@ async fn container_stage(
     flags: &FlagSet,
 ) -> ContainerReport {
     let timer = StageTimer::start("container", telemetry, flags);
+    // The global permit bounds sandboxes across services, beyond this pool's bulkhead.
+    let _permit = match services.semaphores.get(CONTAINER_SEMAPHORE) {
+        Some(semaphore) => match semaphore.acquire(services.semaphore_timeout).await {
+            Ok(permit) => Some(permit),
+            Err(err) => {
+                timer.done("rejected");
+                return failed_container(err.to_string());
+            }
+        },
+        None => None,
+    };
     let msg = RunSandbox {
         sample: spec.sample.clone(),
         resource_limits: flags.enable_container_resource_limits,
     };
-    let report = match services.container.send(Dispatch::new(msg)).await {
+    let dispatch = Dispatch { msg, priority: spec.priority };
+    let report = match services.container.send(dispatch).await {
         Ok(Ok(Ok(report))) => report,
         Ok(Ok(Err(err))) => failed_container(err.to_string()),
         Ok(Err(err)) => failed_container(err.to_string()),
@@ -255,5 +283,6 @@ fn assemble(
         vulnerabilities: ai.vulnerabilities,
         container,
         used_fallback: ai.used_fallback,
+        ai_error: ai.error,
     }
 }
