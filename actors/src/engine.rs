@@ -520,6 +520,23 @@ impl Engine {
             .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
     }
 
+    /// Makes the next call of a provider's workers panic (supervision tests only).
+    #[cfg(feature = "test-hooks")]
+    pub async fn panic_provider_on_next_call(&self, provider: &str) -> Result<(), AdminError> {
+        let handle = self
+            .services
+            .providers
+            .iter()
+            .find(|h| h.name == provider)
+            .ok_or_else(|| AdminError::UnknownProvider(provider.to_string()))?;
+        handle
+            .supervisor
+            .send(Broadcast(crate::provider::PanicOnNextCall))
+            .await
+            .map(|_| ())
+            .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
+    }
+
     /// Stops admitting jobs and waits (up to `grace`) for accepted ones to finish.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         let _ = self.router.send(crate::router::DrainRouter).await;

@@ -115,6 +115,8 @@ pub struct StubProvider {
     pub base_url: String,
     pub calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub failing_status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// Milliseconds every answer waits before it is sent.
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -125,15 +127,21 @@ impl StubProvider {
 
         let calls = Arc::new(AtomicUsize::new(0));
         let status = Arc::new(AtomicU16::new(failing_status));
-        let (c, s) = (calls.clone(), status.clone());
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (c, s, d) = (calls.clone(), status.clone(), delay.clone());
         let server = actix_web::HttpServer::new(move || {
-            let (c, s) = (c.clone(), s.clone());
+            let (c, s, d) = (c.clone(), s.clone(), d.clone());
             actix_web::App::new().route(
                 "/v1/chat/completions",
                 actix_web::web::post().to(move |body: actix_web::web::Json<Value>| {
-                    let (c, s) = (c.clone(), s.clone());
+                    let (c, s, d) = (c.clone(), s.clone(), d.clone());
                     async move {
                         c.fetch_add(1, Ordering::SeqCst);
+                        // The provider's own latency, as a slow or hung provider has it.
+                        let wait = d.load(Ordering::SeqCst);
+                        if wait > 0 {
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
                         let failing = s.load(Ordering::SeqCst);
                         if failing != 0 {
                             let code = actix_web::http::StatusCode::from_u16(failing).unwrap();
@@ -164,12 +172,17 @@ impl StubProvider {
             base_url: format!("http://{addr}/v1"),
             calls,
             failing_status: status,
+            delay_ms: delay,
             handle,
         }
     }
 
     pub fn calls(&self) -> usize {
         self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_failing(&self, status: u16) {

@@ -156,6 +156,23 @@ pub struct ProviderActor {
     board: BreakerBoard,
     telemetry: Telemetry,
     book: WorkerBook,
+    /// Set by the `test-hooks` feature only: the next call panics inside the worker.
+    panic_next: bool,
+}
+
+/// Makes the next call of every worker of a provider panic (supervision tests only).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct PanicOnNextCall;
+
+#[cfg(feature = "test-hooks")]
+impl Handler<PanicOnNextCall> for ProviderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PanicOnNextCall, _: &mut Self::Context) {
+        self.panic_next = true;
+    }
 }
 
 impl ProviderActor {
@@ -181,6 +198,7 @@ impl ProviderActor {
             board,
             telemetry,
             book: WorkerBook::new(format!("ai.{name}")),
+            panic_next: false,
         };
         actor.publish();
         actor
@@ -297,7 +315,11 @@ impl Handler<CallProvider> for ProviderActor {
         let started = Instant::now();
         let client = self.client.clone();
         let task = msg.task;
+        let panic_now = std::mem::take(&mut self.panic_next);
         let call = async move {
+            if panic_now {
+                panic!("provider worker told to panic");
+            }
             let prompt = build_prompt(&task);
             let text = client.complete(&prompt).await?;
             Ok(parse_reply(task.kind, &text, &client.model))
