@@ -291,6 +291,23 @@ mod tests {
             assert_eq!(defaults.get(name).as_ref(), Some(value), "flag {name}");
         }
         assert_eq!(config.flags.len(), athena_actors::flags::FLAGS.len());
+        // So are the engine's own defaults, used when it is embedded without this file.
+        let code = EngineConfig::default();
+        let file = config.engine();
+        assert_eq!(file.router, code.router);
+        assert_eq!(file.cache, code.cache);
+        assert_eq!(file.services, code.services);
+        assert_eq!(file.sandbox, code.sandbox);
+        assert_eq!(file.semaphores, code.semaphores);
+        for provider in config.providers.values() {
+            assert_eq!(
+                provider.breaker,
+                athena_actors::breaker::BreakerConfig {
+                    slow_call_target: provider.breaker.slow_call_target,
+                    ..Default::default()
+                }
+            );
+        }
     }
 
     #[test]

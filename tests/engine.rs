@@ -42,3 +42,47 @@ async fn identical_work_in_flight_runs_once_and_is_shared() {
     assert!(metrics.contains(r#"athena_samples_analysed_total{file_type="shell"} 1"#), "{metrics}");
     assert!(metrics.contains("athena_jobs_submitted_total 2"));
 }
+
+#[actix_rt::test]
+async fn shutdown_finishes_or_visibly_fails_every_accepted_job_and_refuses_new_ones() {
+    let mut config = EngineConfig::default();
+    config.services.static_analysis.workers = 1;
+    config.services.static_analysis.bulkhead.max_concurrent = 1;
+    let engine = Engine::start(&config, &FlagLayers::default(), clock::system()).unwrap();
+    let mut events = engine.events.subscribe();
+
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let mut spec = JobSpec::new(Sample::new("q.sh", format!("echo {n}\n").into_bytes()));
+        spec.analysis_type = AnalysisType::Static;
+        ids.push(engine.submit(spec).await.unwrap());
+    }
+    engine.shutdown(std::time::Duration::ZERO).await;
+
+    let late = JobSpec::new(Sample::new("late.sh", b"echo late\n".to_vec()));
+    assert_eq!(engine.submit(late).await, Err(athena_actors::error::SubmitError::ShuttingDown));
+
+    let mut finished = 0;
+    while finished < ids.len() {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(60), events.recv())
+            .await
+            .expect("every job finishes")
+            .unwrap();
+        if matches!(event.kind, "complete" | "error") {
+            finished += 1;
+        }
+    }
+    let mut failed = 0;
+    for id in &ids {
+        let record = engine.job(id).unwrap();
+        match record.status {
+            JobStatus::Completed => {}
+            JobStatus::Failed => {
+                assert_eq!(record.error.unwrap().code, "shutting_down");
+                failed += 1;
+            }
+            other => panic!("job {id} left {other:?}"),
+        }
+    }
+    assert!(failed > 0, "with one slot and no grace, queued jobs were turned away");
+}

@@ -30,7 +30,7 @@ use crate::semaphore::{SemaphoreStats, Semaphores};
 use crate::static_analyzer::StaticAnalyzer;
 use crate::store::JobStore;
 use crate::supervisor::{
-    Broadcast, GetStatus, Resize, ServiceStatus, ServiceSupervisor, WorkerFactory,
+    Broadcast, Drain, GetStatus, Resize, ServiceStatus, ServiceSupervisor, WorkerFactory,
 };
 use crate::telemetry::{KnownSeries, Telemetry, TelemetryActor, TelemetryEvent};
 
@@ -48,13 +48,41 @@ impl Default for ServiceConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServicesConfig {
     #[serde(rename = "static")]
     pub static_analysis: ServiceConfig,
     pub container: ServiceConfig,
     pub cache: ServiceConfig,
+}
+
+fn service(
+    workers: usize,
+    max_concurrent: usize,
+    max_queued: usize,
+    timeout: u64,
+) -> ServiceConfig {
+    ServiceConfig {
+        workers,
+        bulkhead: BulkheadConfig {
+            max_concurrent,
+            max_queued,
+            queue_timeout: Duration::from_secs(timeout),
+            ..BulkheadConfig::default()
+        },
+    }
+}
+
+impl Default for ServicesConfig {
+    /// The same values as `config/default.toml`: every accepted job fits the static queue.
+    fn default() -> Self {
+        ServicesConfig {
+            static_analysis: service(2, 2, 10_000, 300),
+            container: service(1, 2, 1_000, 300),
+            cache: service(2, 64, 10_000, 5),
+        }
+    }
 }
 
 /// Global permits shared across services.
@@ -124,6 +152,18 @@ impl EngineConfig {
             .map_err(|e| ConfigError::new("router.failover_budget", e))?;
         Semaphores::from_config(self.semaphores.limits.clone())
             .map_err(|e| ConfigError::new("semaphores.limits", e.problem))?;
+        let static_room = self.services.static_analysis.bulkhead.max_concurrent
+            + self.services.static_analysis.bulkhead.max_queued;
+        if static_room < self.router.max_active_jobs {
+            return Err(ConfigError::new(
+                "services.static.bulkhead.max_queued",
+                format!(
+                    "max_concurrent + max_queued ({static_room}) must hold router.max_active_jobs \
+                     ({}), or an accepted job could be turned away by the static stage",
+                    self.router.max_active_jobs
+                ),
+            ));
+        }
         if self.router.max_records < self.router.max_active_jobs {
             return Err(ConfigError::new(
                 "router.max_records",
@@ -537,16 +577,27 @@ impl Engine {
             .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
     }
 
-    /// Stops admitting jobs and waits (up to `grace`) for accepted ones to finish.
+    /// Stops admitting jobs, waits (up to `grace`) for accepted ones to finish, then drains
+    /// every service: what is still queued is rejected, and its job fails visibly with
+    /// `shutting_down` rather than vanishing with the process. Answers the jobs that were
+    /// still active when the grace period ended.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         let _ = self.router.send(crate::router::DrainRouter).await;
         let deadline = Instant::now() + grace;
-        loop {
+        let active = loop {
             let active = self.router.send(GetRouterStatus).await.map_or(0, |s| s.active_jobs);
             if active == 0 || Instant::now() >= deadline {
-                return active;
+                break active;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let _ = self.services.static_analysis.send(Drain).await;
+        let _ = self.services.container.send(Drain).await;
+        let _ = self.services.cache.send(Drain).await;
+        for handle in self.services.providers.iter() {
+            let _ = handle.supervisor.send(Drain).await;
         }
+        tracing::info!(unfinished = active, "engine drained");
+        active
     }
 }

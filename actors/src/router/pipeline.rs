@@ -12,6 +12,7 @@ use actix::prelude::*;
 
 use super::ai_stage::{self, ProviderHandle};
 use super::{RunOutcome, WorkGroup};
+use crate::bulkhead::BulkheadError;
 use crate::cache::{CacheActor, CacheGet, CachePut};
 use crate::error::StageError;
 use crate::events::{EventHub, JobEvent};
@@ -213,6 +214,7 @@ async fn static_stage(
             Err(err) => {
                 timer.done("failure");
                 let code = match err {
+                    StageError::Rejected(BulkheadError::Draining { .. }) => "shutting_down",
                     StageError::Rejected(_) => "overloaded",
                     _ => "static_analysis_failed",
                 };
