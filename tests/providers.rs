@@ -9,18 +9,8 @@ use common::{config, StubProvider, TestServer};
 use serde_json::json;
 
 fn provider(base_url: &str, consecutive_failures: u32) -> ProviderConfig {
-    let mut p: ProviderConfig = serde_json::from_value(json!({
-        "kind": "openai",
-        "base_url": base_url,
-        "model": "stub-model",
-        "api_key": "test-key-not-a-secret",
-        "timeout": "10s",
-    }))
-    .unwrap();
+    let mut p = common::stub_provider_config(base_url, "10s");
     p.breaker.consecutive_failures = consecutive_failures;
-    p.breaker.open_duration = std::time::Duration::from_secs(3600);
-    p.breaker.max_open_duration = std::time::Duration::from_secs(3600);
-    p.breaker.jitter = 0.0;
     p
 }
 

@@ -11,18 +11,7 @@ use common::{config, StubProvider, TestServer};
 use serde_json::{json, Value};
 
 fn provider(base_url: &str, timeout: &str) -> ProviderConfig {
-    let mut p: ProviderConfig = serde_json::from_value(json!({
-        "kind": "openai",
-        "base_url": base_url,
-        "model": "stub-model",
-        "api_key": "test-key-not-a-secret",
-        "timeout": timeout,
-    }))
-    .unwrap();
-    p.breaker.jitter = 0.0;
-    p.breaker.open_duration = Duration::from_secs(3600);
-    p.breaker.max_open_duration = Duration::from_secs(3600);
-    p
+    common::stub_provider_config(base_url, timeout)
 }
 
 fn two_providers(c: &mut Config, primary: ProviderConfig, backup: &StubProvider) {

@@ -541,40 +541,39 @@ impl Engine {
         }
     }
 
+    /// Sends a message to every worker of a provider's pool.
+    async fn broadcast<M>(&self, provider: &str, msg: M) -> Result<Vec<M::Result>, AdminError>
+    where
+        M: Message + Clone + Send + 'static,
+        M::Result: Send,
+        ProviderActor: Handler<M>,
+    {
+        let handle = self
+            .services
+            .providers
+            .iter()
+            .find(|h| h.name == provider)
+            .ok_or_else(|| AdminError::UnknownProvider(provider.to_string()))?;
+        handle
+            .supervisor
+            .send(Broadcast(msg))
+            .await
+            .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
+    }
+
     /// Applies an operator's breaker command to every slot of a provider.
     pub async fn control_breaker(
         &self,
         provider: &str,
         action: AdminAction,
     ) -> Result<Vec<BreakerSnapshot>, AdminError> {
-        let handle = self
-            .services
-            .providers
-            .iter()
-            .find(|h| h.name == provider)
-            .ok_or_else(|| AdminError::UnknownProvider(provider.to_string()))?;
-        handle
-            .supervisor
-            .send(Broadcast(ControlBreaker(action)))
-            .await
-            .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
+        self.broadcast(provider, ControlBreaker(action)).await
     }
 
     /// Makes the next call of a provider's workers panic (supervision tests only).
     #[cfg(feature = "test-hooks")]
     pub async fn panic_provider_on_next_call(&self, provider: &str) -> Result<(), AdminError> {
-        let handle = self
-            .services
-            .providers
-            .iter()
-            .find(|h| h.name == provider)
-            .ok_or_else(|| AdminError::UnknownProvider(provider.to_string()))?;
-        handle
-            .supervisor
-            .send(Broadcast(crate::provider::PanicOnNextCall))
-            .await
-            .map(|_| ())
-            .map_err(|_| AdminError::Unavailable(format!("ai.{provider}")))
+        self.broadcast(provider, crate::provider::PanicOnNextCall).await.map(|_| ())
     }
 
     /// Stops admitting jobs, waits (up to `grace`) for accepted ones to finish, then drains

@@ -193,3 +193,23 @@ impl StubProvider {
         self.handle.stop(false).await;
     }
 }
+
+/// An OpenAI-kind provider at `base_url` with a key, no breaker jitter and a long open period,
+/// so tests see exactly the transitions they cause.
+pub fn stub_provider_config(
+    base_url: &str,
+    timeout: &str,
+) -> athena_actors::provider::ProviderConfig {
+    let mut p: athena_actors::provider::ProviderConfig = serde_json::from_value(json!({
+        "kind": "openai",
+        "base_url": base_url,
+        "model": "stub-model",
+        "api_key": "test-key-not-a-secret",
+        "timeout": timeout,
+    }))
+    .expect("valid provider settings");
+    p.breaker.jitter = 0.0;
+    p.breaker.open_duration = Duration::from_secs(3600);
+    p.breaker.max_open_duration = Duration::from_secs(3600);
+    p
+}
