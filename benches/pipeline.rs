@@ -5,6 +5,7 @@
 //! `pipeline/cached_job` is an identical resubmission answered by the cache service. Both
 //! include the wait for the job's completion event. Run: `cargo bench --bench pipeline`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_rt::System;
@@ -15,7 +16,11 @@ use athena_actors::router::SubmitJob;
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde_json::json;
 
-fn spec(n: u64, distinct: bool) -> JobSpec {
+/// Distinct samples across every batch criterion runs, so none is answered by the cache.
+static NEXT_SAMPLE: AtomicU64 = AtomicU64::new(0);
+
+fn spec(distinct: bool) -> JobSpec {
+    let n = NEXT_SAMPLE.fetch_add(1, Ordering::Relaxed);
     let body = if distinct { format!("echo {n}\n") } else { "echo same\n".to_string() };
     let mut spec = JobSpec::new(Sample::new("bench.sh", format!("#!/bin/sh\n{body}").into_bytes()));
     spec.analysis_type = AnalysisType::Static;
@@ -25,8 +30,8 @@ fn spec(n: u64, distinct: bool) -> JobSpec {
 async fn run_jobs(engine: &Engine, iters: u64, distinct: bool) -> Duration {
     let mut events = engine.events.subscribe();
     let started = Instant::now();
-    for n in 0..iters {
-        let id = engine.router.send(SubmitJob(spec(n, distinct))).await.unwrap().unwrap();
+    for _ in 0..iters {
+        let id = engine.router.send(SubmitJob(spec(distinct))).await.unwrap().unwrap();
         loop {
             let event = events.recv().await.unwrap();
             if event.analysis_id == id && event.kind == "complete" {
