@@ -291,7 +291,7 @@ impl Engine {
         let flags = flags_actor.start();
 
         let memory_tier = MemoryTier::new(&config.cache);
-        let board = BreakerBoard::default();
+        let board = BreakerBoard::with_clock(clock.clone());
 
         let cache = {
             let (tier, t) = (memory_tier.clone(), telemetry.clone());
