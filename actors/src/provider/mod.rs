@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use board::{BreakerBoard, BreakerView};
 pub use client::{Prompt, ProviderClient, ProviderError, ProviderKind};
-pub use prompt::{build_prompt, parse_reply, AiOutput, AiTask, AiTaskKind};
+pub use prompt::{build_prompt, parse_prompt, parse_reply, AiOutput, AiTask, AiTaskKind};
+pub use prompt::PromptRequest;
 
 use crate::breaker::{
     AdminAction, BreakerConfig, BreakerSnapshot, CircuitBreaker, FailureKind, Outcome,
@@ -217,7 +218,7 @@ impl Handler<CallProvider> for ProviderActor {
         let call = async move {
             let prompt = build_prompt(&task);
             let text = client.complete(&prompt).await?;
-            Ok(parse_reply(task.kind, &text, &client.model))
+            Ok(parse_reply(&task, &text, &client.model))
         };
         let guarded = AssertUnwindSafe(call).catch_unwind();
 

@@ -74,6 +74,7 @@ pub(crate) async fn run(
             file_name: spec.sample.file_name.clone(),
             file_type: static_report.facts.file_type.as_str(),
             content: content.clone(),
+            metasploit: flags.enable_metasploit_integration,
         };
         let mut answered = false;
         let mut tried = 0;
