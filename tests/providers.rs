@@ -21,6 +21,9 @@ fn provider(base_url: &str, consecutive_failures: u32) -> ProviderConfig {
     p.breaker.open_duration = std::time::Duration::from_secs(3600);
     p.breaker.max_open_duration = std::time::Duration::from_secs(3600);
     p.breaker.jitter = 0.0;
+    // One attempt per call keeps the call counts below plain; retries are tested in
+    // failover.rs and in the client tests.
+    p.retry.max_attempts = 1;
     p
 }
 

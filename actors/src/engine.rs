@@ -151,6 +151,9 @@ impl EngineConfig {
                 .bulkhead
                 .validate()
                 .map_err(|e| ConfigError::new(format!("{key}.bulkhead"), e.to_string()))?;
+            provider.retry.validate().map_err(|e| {
+                ConfigError::new(format!("{key}.retry.{}", e.key), e.message.to_string())
+            })?;
         }
         Ok(())
     }

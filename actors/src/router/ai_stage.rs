@@ -6,6 +6,9 @@
 //! called, one whose every breaker is open is skipped without a call, a full bulkhead is
 //! skipped, and a failure moves on to the next provider while `enable_ai_failover` is on.
 //! Every attempt is recorded in the report so failover is visible to the client.
+//!
+//! A chaos job (`simulate_failure` while `chaos_testing` is on) has its first provider call
+//! fail on purpose, so a load test can watch the failover path run.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -57,6 +60,7 @@ pub(crate) async fn run(
     static_report: &StaticReport,
     services: &Services,
     flags: &FlagSet,
+    deadline: Instant,
 ) -> AiResult {
     let kinds: &[AiTaskKind] = match spec.analysis_type {
         AnalysisType::Static => &[],
@@ -100,8 +104,12 @@ pub(crate) async fn run(
             }
             tried += 1;
             let started = Instant::now();
-            let call =
-                CallProvider { task: task.clone(), use_breaker: flags.enable_circuit_breaker };
+            let call = CallProvider {
+                task: task.clone(),
+                use_breaker: flags.enable_circuit_breaker,
+                deadline: Some(deadline),
+                simulate_failure: tried == 1 && spec.simulate_failure && flags.chaos_testing,
+            };
             let answer = provider.supervisor.send(Dispatch::new(call)).await;
             let latency = Some(started.elapsed());
             match answer {

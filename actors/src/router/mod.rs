@@ -214,6 +214,8 @@ impl Handler<SubmitJob> for JobRouter {
         group.lock().push((id, Instant::now()));
         self.in_flight.insert(key.clone(), group.clone());
 
+        // Measured from the start of the run: the providers' retries stop short of it.
+        let deadline_at = Instant::now() + self.config.job_deadline;
         let run = pipeline::run(
             spec,
             key.clone(),
@@ -223,6 +225,7 @@ impl Handler<SubmitJob> for JobRouter {
             self.events.clone(),
             self.telemetry.clone(),
             group.clone(),
+            deadline_at,
         );
         let deadline = self.config.job_deadline;
         let bounded = async move {

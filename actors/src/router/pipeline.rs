@@ -111,6 +111,7 @@ pub(crate) async fn run(
     events: EventHub,
     telemetry: Telemetry,
     group: Arc<WorkGroup>,
+    deadline: Instant,
 ) -> RunOutcome {
     let progress = Progress { group: &group, store: &store, events: &events };
     let cache_key = key.to_string();
@@ -149,7 +150,7 @@ pub(crate) async fn run(
     if spec.analysis_type.wants_ai() {
         progress.stage("ai", 60);
         let timer = StageTimer::start("ai", &telemetry, &flags);
-        ai = ai_stage::run(&spec, &static_report, &services, &flags).await;
+        ai = ai_stage::run(&spec, &static_report, &services, &flags, deadline).await;
         timer.done(if ai.all_succeeded { "success" } else { "degraded" });
     }
 
