@@ -1,9 +1,10 @@
 //! The `athena` binary's library: configuration, HTTP API and CLI commands, on top of the
 //! `athena-actors` engine. It is a library so that the black-box tests start the very same
-//! server the binary runs.
+//! server the binary runs, and the same fake provider `athena fake-provider` serves.
 
 pub mod cli;
 pub mod config;
+pub mod fake_provider;
 pub mod http;
 
 use std::net::TcpListener;
