@@ -18,6 +18,11 @@
 //! - no wait ever reaches past the job's deadline: a wait that would ends the retries, and
 //!   each attempt's timeout is cut to what is left of the deadline.
 //!
+//! What a retrying call costs: it keeps its bulkhead slot (and a half-open trial slot) while
+//! it waits, and the breaker's slow-call rule sees the whole call, waits included. Both are
+//! why `max_attempts` is capped and why `max_backoff` also caps how long a `Retry-After` is
+//! waited out.
+//!
 //! Waits use tokio's timer, so tests pause time and advance it instead of sleeping.
 
 use std::future::Future;
@@ -294,8 +299,15 @@ mod tests {
             let d = decide(&c, 1, &err.into(), None, &mut rng);
             assert!(matches!(d, Decision::Retry { .. }));
         }
-        for code in [408, 429, 500] {
-            let reason = retry_reason(&status(code, None).error).unwrap();
+        let errors = [
+            status(408, None).error,
+            status(429, None).error,
+            status(500, None).error,
+            ProviderError::Timeout(Duration::from_secs(1)),
+            ProviderError::Connection("reset".into()),
+        ];
+        for err in errors {
+            let reason = retry_reason(&err).unwrap();
             assert!(
                 crate::telemetry::RETRY_REASONS.contains(&reason),
                 "{reason} is pre-registered"
