@@ -49,6 +49,29 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Serve a FAKE AI provider (OpenAI and Anthropic shapes) for tests and demos.
+    FakeProvider {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        bind: String,
+        /// Added before every answer, e.g. 200ms.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        latency: Duration,
+        /// The latency varies by up to this much either way.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        jitter: Duration,
+        /// Fraction of requests answered with --error-status (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// HTTP status of injected errors.
+        #[arg(long, default_value_t = 503)]
+        error_status: u16,
+        /// Fraction of requests never answered (0 to 1).
+        #[arg(long, default_value_t = 0.0)]
+        hang_rate: f64,
+        /// Seed for the error and hang draws, to replay a run.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn init_logging(level: &str, format: &str) {
@@ -99,6 +122,31 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::FakeProvider {
+            bind,
+            latency,
+            jitter,
+            error_rate,
+            error_status,
+            hang_rate,
+            seed,
+        } => {
+            init_logging("info", "text");
+            let settings = athena::fake_provider::Settings {
+                latency,
+                jitter,
+                error_rate,
+                error_status,
+                hang_rate,
+            };
+            match actix_rt::System::new().block_on(fake_provider(&bind, settings, seed)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("athena fake-provider: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Submit { file, server, analysis_type, depth, no_wait, timeout } => {
             let run =
                 athena::cli::submit(&server, &file, &analysis_type, &depth, !no_wait, timeout);
@@ -131,5 +179,23 @@ async fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
         tracing::warn!(left, "jobs still running at the end of the shutdown grace period");
     }
     server.stopped().await?;
+    Ok(())
+}
+
+async fn fake_provider(
+    bind: &str,
+    settings: athena::fake_provider::Settings,
+    seed: Option<u64>,
+) -> anyhow::Result<()> {
+    use actix_rt::signal::unix::{signal, SignalKind};
+
+    let fake = athena::fake_provider::FakeProvider::start(bind, settings, seed)?;
+    println!("{}", athena::fake_provider::banner(fake.addr));
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = actix_rt::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    fake.stop().await;
     Ok(())
 }

@@ -11,6 +11,8 @@ use serde_json::json;
 fn provider(base_url: &str, consecutive_failures: u32) -> ProviderConfig {
     let mut p = common::stub_provider_config(base_url, "10s");
     p.breaker.consecutive_failures = consecutive_failures;
+    // One attempt per call keeps the call counts below plain; retries have their own tests.
+    p.retry.max_attempts = 1;
     p
 }
 

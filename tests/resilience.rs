@@ -11,7 +11,10 @@ use common::{config, StubProvider, TestServer};
 use serde_json::{json, Value};
 
 fn provider(base_url: &str, timeout: &str) -> ProviderConfig {
-    common::stub_provider_config(base_url, timeout)
+    let mut p = common::stub_provider_config(base_url, timeout);
+    // Each misbehaviour below should show as one failed attempt, then failover.
+    p.retry.max_attempts = 1;
+    p
 }
 
 fn two_providers(c: &mut Config, primary: ProviderConfig, backup: &StubProvider) {

@@ -231,6 +231,9 @@ impl EngineConfig {
                 .bulkhead
                 .validate()
                 .map_err(|e| ConfigError::new(format!("{key}.bulkhead"), e.to_string()))?;
+            provider.retry.validate().map_err(|e| {
+                ConfigError::new(format!("{key}.retry.{}", e.key), e.message.to_string())
+            })?;
         }
         Ok(())
     }
@@ -374,7 +377,7 @@ impl Engine {
         let flags = flags_actor.start();
 
         let memory_tier = MemoryTier::new(&config.cache);
-        let board = BreakerBoard::default();
+        let board = BreakerBoard::with_clock(clock.clone());
 
         let cache = {
             let (tier, t) = (memory_tier.clone(), telemetry.clone());

@@ -197,6 +197,8 @@ define_flags! {
     enable_advanced_analysis / "enableAdvancedAnalysis": bool = true;
     /// Refuse new jobs with 503 while running ones finish.
     maintenance_mode / "maintenanceMode": bool = false;
+    /// Honour `X-Simulate-Failure: primary` (load tests force a failover with it); off ignores it.
+    chaos_testing / "chaosTesting": bool = false;
 }
 
 impl FlagSet {

@@ -162,6 +162,9 @@ pub struct JobSpec {
     pub container_config: Option<serde_json::Value>,
     /// Lane in every bulkhead the job passes through.
     pub priority: Priority,
+    /// Chaos testing (`X-Simulate-Failure: primary` while `chaos_testing` is on): the first
+    /// provider tried fails without a call, so the failover path runs.
+    pub simulate_failure: bool,
 }
 
 impl JobSpec {
@@ -173,6 +176,7 @@ impl JobSpec {
             ai_model: None,
             container_config: None,
             priority: Priority::Normal,
+            simulate_failure: false,
         }
     }
 
@@ -183,6 +187,7 @@ impl JobSpec {
             analysis_type: self.analysis_type,
             depth: self.depth,
             ai_model: self.ai_model.clone(),
+            simulate_failure: self.simulate_failure,
         }
     }
 }
@@ -194,6 +199,8 @@ pub struct WorkKey {
     pub analysis_type: AnalysisType,
     pub depth: Depth,
     pub ai_model: Option<String>,
+    /// A chaos job neither joins nor is served by ordinary work: it exists to run failover.
+    pub simulate_failure: bool,
 }
 
 impl fmt::Display for WorkKey {
@@ -201,6 +208,9 @@ impl fmt::Display for WorkKey {
         write!(f, "{}:{}:{}", self.sha256, self.analysis_type.as_str(), self.depth.as_str())?;
         if let Some(model) = &self.ai_model {
             write!(f, ":{model}")?;
+        }
+        if self.simulate_failure {
+            write!(f, ":simulated-failure")?;
         }
         Ok(())
     }

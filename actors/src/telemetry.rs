@@ -38,6 +38,15 @@ pub enum TelemetryEvent {
         outcome: &'static str,
         latency: Duration,
     },
+    /// A provider call is tried again after a transient failure.
+    ProviderRetry {
+        provider: String,
+        reason: &'static str,
+    },
+    /// Chaos testing failed a provider call on purpose.
+    ChaosInjection {
+        provider: String,
+    },
     BreakerTransition {
         provider: String,
         from: BreakerState,
@@ -122,6 +131,8 @@ struct Metrics {
     stage_duration: HistogramVec,
     provider_calls: IntCounterVec,
     provider_latency: HistogramVec,
+    provider_retries: IntCounterVec,
+    chaos_injections: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     bulkhead_active: IntGaugeVec,
@@ -137,6 +148,10 @@ struct Metrics {
     verdicts: IntCounterVec,
     start_time: Gauge,
 }
+
+/// Every `reason` of `athena_provider_retries_total` (see `provider::retry::retry_reason`).
+pub(crate) const RETRY_REASONS: [&str; 5] =
+    ["timeout", "connection", "request_timeout", "rate_limited", "server_error"];
 
 /// Buckets from 1 ms to 2 minutes: static analysis is milliseconds, AI calls are seconds.
 const DURATION_BUCKETS: &[f64] =
@@ -204,6 +219,18 @@ impl Metrics {
                 r,
                 "athena_provider_latency_seconds",
                 "Latency of AI provider calls, in seconds.",
+                &["provider"],
+            ),
+            provider_retries: counter(
+                r,
+                "athena_provider_retries_total",
+                "Provider calls tried again within the same provider, by failure reason.",
+                &["provider", "reason"],
+            ),
+            chaos_injections: counter(
+                r,
+                "athena_chaos_injections_total",
+                "Provider calls failed on purpose by chaos testing (X-Simulate-Failure).",
                 &["provider"],
             ),
             breaker_state: gauge(
@@ -298,6 +325,10 @@ impl Metrics {
             for outcome in ["success", "failure", "rejected"] {
                 self.provider_calls.with_label_values(&[provider, outcome]);
             }
+            for reason in RETRY_REASONS {
+                self.provider_retries.with_label_values(&[provider, reason]);
+            }
+            self.chaos_injections.with_label_values(&[provider]);
         }
         for service in &known.services {
             self.bulkhead_active.with_label_values(&[service]).set(0);
@@ -351,6 +382,12 @@ impl Metrics {
                     let h: Histogram = self.provider_latency.with_label_values(&[&provider]);
                     h.observe(latency.as_secs_f64());
                 }
+            }
+            E::ProviderRetry { provider, reason } => {
+                self.provider_retries.with_label_values(&[&provider, reason]).inc();
+            }
+            E::ChaosInjection { provider } => {
+                self.chaos_injections.with_label_values(&[&provider]).inc();
             }
             E::BreakerTransition { provider, from, to, reason } => {
                 self.breaker_transitions

@@ -4,11 +4,16 @@
 //! it) or JSON with the file base64-encoded (as scripts and load tests send it). Both are read
 //! as a stream and cut off at the configured body limit, so an oversized upload is refused with
 //! 413 before it is buffered whole.
+//!
+//! `X-Simulate-Failure: primary` is the original load tests' way to force a failover. It is
+//! honoured only while the `chaos_testing` flag is on, so a stray header in production does
+//! nothing; see [`simulated_failure`].
 
 use actix_multipart::Multipart;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use athena_actors::bulkhead::Priority;
+use athena_actors::flags::GetFlags;
 use athena_actors::job::{AnalysisType, JobId, JobSpec, Sample};
 use base64::Engine as _;
 use futures_util::StreamExt;
@@ -68,12 +73,37 @@ pub async fn submit(
         ));
     };
 
-    let spec = build_spec(sample, options)?;
+    let mut spec = build_spec(sample, options)?;
+    spec.simulate_failure = simulated_failure(&req, &state).await?;
     let id = state.engine.submit(spec).await?;
     let status_url = format!("/api/analysis/status/{id}");
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, status_url.clone()))
         .json(json!({"analysisId": id, "status": "pending", "statusUrl": status_url})))
+}
+
+/// The chaos header, read once per request and kept on the job.
+pub const SIMULATE_FAILURE_HEADER: &str = "x-simulate-failure";
+
+/// Whether the request asks for a simulated provider failure that the flags allow. With
+/// `chaos_testing` off the header is ignored whatever it says; with it on, a value other than
+/// `primary` is refused so a typo in a load test does not pass for a healthy failover.
+pub(crate) async fn simulated_failure(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<bool, ApiError> {
+    let Some(value) = req.headers().get(SIMULATE_FAILURE_HEADER) else { return Ok(false) };
+    // Flags are only asked for when the header is there: ordinary submissions pay nothing.
+    let flags = state.engine.flags.send(GetFlags).await?;
+    if !flags.chaos_testing {
+        return Ok(false);
+    }
+    match value.to_str().map(|v| v.trim().to_ascii_lowercase()) {
+        Ok(v) if v == "primary" => Ok(true),
+        _ => {
+            Err(ApiError::bad_request("X-Simulate-Failure: the only supported value is `primary`"))
+        }
+    }
 }
 
 fn build_spec(sample: Sample, options: Options) -> Result<JobSpec, ApiError> {

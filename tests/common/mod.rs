@@ -37,6 +37,17 @@ impl TestServer {
         TestServer { server, base, client: reqwest::Client::new(), events }
     }
 
+    /// [`TestServer::start`] with the clock the breakers read, so a test moves it by hand.
+    pub async fn start_with_clock(
+        loaded: config::Loaded,
+        clock: athena_actors::clock::SharedClock,
+    ) -> TestServer {
+        let server = athena::start_with_clock(&loaded, clock).expect("server starts");
+        let base = format!("http://{}", server.addr);
+        let events = server.engine.events.subscribe();
+        TestServer { server, base, client: reqwest::Client::new(), events }
+    }
+
     pub async fn default() -> TestServer {
         TestServer::start(config(&[], |_| {})).await
     }

@@ -3,14 +3,20 @@
 //! Two wire formats cover the providers researchers use: the OpenAI chat completions API
 //! (OpenAI itself, DeepSeek, and local servers such as Ollama, vLLM and llama.cpp) and the
 //! Anthropic Messages API. `base_url` is the API root with its version
-//! (`https://api.openai.com/v1`); the client appends the route. Errors are classified so the
-//! breaker only counts what says something about the provider (see [`ProviderError::counts`]).
-//! The API key is sent in a header and never appears in an error or a log line.
+//! (`https://api.openai.com/v1`); the client appends the route. One exchange is an
+//! [`attempt`](ProviderClient::attempt); [`complete`](ProviderClient::complete) retries
+//! attempts as [`super::retry`] decides. Errors are classified so the breaker only counts what
+//! says something about the provider (see [`ProviderError::counts`]). The API key is sent in a
+//! header marked sensitive and is scrubbed from anything a provider echoes back, so it never
+//! reaches an error or a log line.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use reqwest::header::{HeaderValue, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use super::retry::{self, AttemptContext, AttemptError, RetryConfig, RetryNotice};
 
 /// Which wire format a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +43,12 @@ pub enum ProviderError {
     BreakerOpen { state: &'static str, retry_after_ms: u64 },
     #[error("the provider worker panicked")]
     Panicked,
+    /// The job's deadline ran out before the provider answered; the provider may be healthy.
+    #[error("the job's deadline passed before the provider answered")]
+    DeadlineExceeded,
+    /// Injected by chaos testing (`X-Simulate-Failure`); no request was sent.
+    #[error("simulated failure (chaos testing)")]
+    Simulated,
 }
 
 impl ProviderError {
@@ -51,7 +63,10 @@ impl ProviderError {
             ProviderError::Status { status, .. } => {
                 *status == 408 || *status == 429 || *status >= 500
             }
-            ProviderError::NoCredentials | ProviderError::BreakerOpen { .. } => false,
+            ProviderError::NoCredentials
+            | ProviderError::BreakerOpen { .. }
+            | ProviderError::DeadlineExceeded
+            | ProviderError::Simulated => false,
         }
     }
 
@@ -61,12 +76,15 @@ impl ProviderError {
             ProviderError::NoCredentials => "no_credentials",
             ProviderError::Timeout(_) => "timeout",
             ProviderError::Connection(_) => "connection",
-            ProviderError::Status { status, .. } if *status == 429 => "rate_limited",
+            ProviderError::Status { status: 408, .. } => "request_timeout",
+            ProviderError::Status { status: 429, .. } => "rate_limited",
             ProviderError::Status { status, .. } if *status >= 500 => "server_error",
             ProviderError::Status { .. } => "client_error",
             ProviderError::Malformed(_) => "malformed",
             ProviderError::BreakerOpen { .. } => "breaker_open",
             ProviderError::Panicked => "panicked",
+            ProviderError::DeadlineExceeded => "deadline_exceeded",
+            ProviderError::Simulated => "simulated",
         }
     }
 }
@@ -85,9 +103,11 @@ pub struct ProviderClient {
     pub base_url: String,
     pub model: String,
     api_key: Option<String>,
+    /// One attempt's timeout; the deadline may cut it shorter.
     pub timeout: Duration,
     pub max_tokens: u32,
     pub temperature: f64,
+    pub retry: RetryConfig,
     http: reqwest::Client,
 }
 
@@ -98,12 +118,16 @@ impl std::fmt::Debug for ProviderClient {
             .field("base_url", &self.base_url)
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("retry", &self.retry)
             .finish()
     }
 }
 
 /// How much of an error body is kept: enough to diagnose, never a whole page.
 const ERROR_DETAIL_LIMIT: usize = 300;
+
+/// The Messages API version this client speaks.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 impl ProviderClient {
     pub fn new(
@@ -128,89 +152,177 @@ impl ProviderClient {
             timeout,
             max_tokens,
             temperature,
+            retry: RetryConfig::default(),
             http,
         }
+    }
+
+    /// The same client with other retry settings.
+    pub fn with_retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
+        self
     }
 
     pub fn has_credentials(&self) -> bool {
         self.api_key.is_some()
     }
 
-    /// Sends the prompt and returns the model's text.
-    pub async fn complete(&self, prompt: &Prompt) -> Result<String, ProviderError> {
+    /// Sends the prompt, retrying transient failures, and returns the model's text. No wait
+    /// and no attempt reaches past `deadline`. `on_retry` hears of each retry.
+    pub async fn complete(
+        &self,
+        prompt: &Prompt,
+        deadline: Option<tokio::time::Instant>,
+        on_retry: impl FnMut(&RetryNotice<'_>),
+    ) -> Result<String, ProviderError> {
+        retry::run(&self.retry, deadline, |ctx| self.attempt(prompt, ctx), on_retry).await
+    }
+
+    /// One request and its reply, with no retry.
+    pub async fn attempt(
+        &self,
+        prompt: &Prompt,
+        ctx: AttemptContext,
+    ) -> Result<String, AttemptError> {
         let key = self.api_key.as_deref().ok_or(ProviderError::NoCredentials)?;
-        let request = match self.kind {
-            ProviderKind::Openai => {
-                self.http.post(format!("{}/chat/completions", self.base_url)).bearer_auth(key).json(
-                    &json!({
-                        "model": self.model,
-                        "max_tokens": self.max_tokens,
-                        "temperature": self.temperature,
-                        "messages": [
-                            {"role": "system", "content": prompt.system},
-                            {"role": "user", "content": prompt.user},
-                        ],
-                    }),
-                )
+        // A deadline closer than the configured timeout cuts this attempt short; running out
+        // of job time then says nothing about the provider, so it is not reported as a timeout.
+        let (timeout, cut_by_deadline) = match ctx.remaining {
+            Some(left) if left < self.timeout => (left, true),
+            _ => (self.timeout, false),
+        };
+        let timed_out = || {
+            if cut_by_deadline {
+                ProviderError::DeadlineExceeded
+            } else {
+                ProviderError::Timeout(self.timeout)
             }
-            ProviderKind::Anthropic => self
-                .http
-                .post(format!("{}/messages", self.base_url))
-                .header("x-api-key", key)
-                .header("anthropic-version", "2023-06-01")
-                .json(&json!({
+        };
+
+        let request = self.request(key, prompt).timeout(timeout);
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                ProviderError::Connection(self.scrub(&error_chain(e)))
+            }
+        })?;
+
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry::parse_retry_after(v, SystemTime::now()));
+            // The body only helps diagnose; a failure to read it leaves the detail empty.
+            let body = response.text().await.unwrap_or_default();
+            let scrubbed = self.scrub(body.trim());
+            let detail: String = scrubbed.chars().take(ERROR_DETAIL_LIMIT).collect();
+            let error = ProviderError::Status { status: status.as_u16(), detail };
+            return Err(AttemptError { error, retry_after });
+        }
+
+        let body = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                timed_out()
+            } else {
+                ProviderError::Connection(self.scrub(&error_chain(e)))
+            }
+        })?;
+        let body: Value = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Malformed(format!("the reply is not JSON: {e}")))?;
+        Ok(self.extract_text(&body)?)
+    }
+
+    fn request(&self, key: &str, prompt: &Prompt) -> reqwest::RequestBuilder {
+        match self.kind {
+            ProviderKind::Openai => {
+                let url = format!("{}/chat/completions", self.base_url);
+                self.http.post(url).bearer_auth(key).json(&json!({
                     "model": self.model,
                     "max_tokens": self.max_tokens,
                     "temperature": self.temperature,
-                    "system": prompt.system,
-                    "messages": [{"role": "user", "content": prompt.user}],
-                })),
-        };
-
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let detail: String = body.chars().take(ERROR_DETAIL_LIMIT).collect();
-            return Err(ProviderError::Status { status: status.as_u16(), detail });
-        }
-        let body: Value = response.json().await.map_err(|e| {
-            if e.is_timeout() {
-                ProviderError::Timeout(self.timeout)
-            } else {
-                ProviderError::Malformed(format!("not JSON: {}", e.without_url()))
+                    "messages": [
+                        {"role": "system", "content": prompt.system},
+                        {"role": "user", "content": prompt.user},
+                    ],
+                }))
             }
-        })?;
-        self.extract_text(&body)
+            ProviderKind::Anthropic => {
+                // Sensitive: reqwest and hyper then leave the value out of their Debug output.
+                let mut key_header =
+                    HeaderValue::from_str(key).unwrap_or(HeaderValue::from_static(""));
+                key_header.set_sensitive(true);
+                self.http
+                    .post(format!("{}/messages", self.base_url))
+                    .header("x-api-key", key_header)
+                    .header("anthropic-version", ANTHROPIC_VERSION)
+                    .json(&json!({
+                        "model": self.model,
+                        "max_tokens": self.max_tokens,
+                        "temperature": self.temperature,
+                        "system": prompt.system,
+                        "messages": [{"role": "user", "content": prompt.user}],
+                    }))
+            }
+        }
     }
 
-    fn transport_error(&self, err: reqwest::Error) -> ProviderError {
-        // reqwest puts the URL in its messages; the URL carries no secret, but strip it anyway
-        // so a key passed in a query string by a misconfigured base_url cannot leak.
-        if err.is_timeout() {
-            ProviderError::Timeout(self.timeout)
-        } else {
-            ProviderError::Connection(err.without_url().to_string())
+    /// Removes the API key from text a provider or the transport produced: some APIs quote
+    /// the key they refused, and a misconfigured base_url could carry one.
+    fn scrub(&self, text: &str) -> String {
+        match &self.api_key {
+            Some(key) => text.replace(key.as_str(), "<redacted>"),
+            None => text.to_string(),
         }
     }
 
     fn extract_text(&self, body: &Value) -> Result<String, ProviderError> {
         let text = match self.kind {
-            ProviderKind::Openai => body
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            ProviderKind::Openai => match body.pointer("/choices/0/message/content") {
+                Some(Value::String(s)) => Some(s.clone()),
+                // Newer servers may send the content as a list of typed parts.
+                Some(Value::Array(parts)) => Some(text_parts(parts)),
+                _ => None,
+            },
             ProviderKind::Anthropic => {
-                body.get("content").and_then(Value::as_array).map(|blocks| {
-                    blocks
-                        .iter()
-                        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                        .filter_map(|b| b.get("text").and_then(Value::as_str))
-                        .collect::<Vec<_>>()
-                        .join("")
-                })
+                body.get("content").and_then(Value::as_array).map(|blocks| text_parts(blocks))
             }
         };
-        text.ok_or_else(|| ProviderError::Malformed("the reply holds no message text".into()))
+        match text {
+            None => Err(ProviderError::Malformed("the reply holds no message text".into())),
+            Some(t) if t.trim().is_empty() => {
+                Err(ProviderError::Malformed("the reply's message text is empty".into()))
+            }
+            Some(t) => Ok(t),
+        }
     }
+}
+
+/// The text of `{"type": "text", "text": ...}` parts, joined.
+fn text_parts(parts: &[Value]) -> String {
+    parts
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// A transport error with its causes ("error sending request: connection refused"), without
+/// the URL reqwest would otherwise print.
+fn error_chain(err: reqwest::Error) -> String {
+    let err = err.without_url();
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -6,10 +6,15 @@
 //! Every breaker transition is logged once, counted, and published to the shared
 //! [`BreakerBoard`], which the router reads to skip providers that would reject at once and
 //! which `/api/status` reports.
+//!
+//! A call is retried inside the actor (see [`retry`]) and the retried call as a whole is one
+//! outcome for the breaker. A call marked `simulate_failure` (chaos testing) fails at once,
+//! before the breaker, without a request: it tests the failover, not this provider.
 
 mod board;
 mod client;
 mod prompt;
+pub mod retry;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -21,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 pub use board::{BreakerBoard, BreakerView};
 pub use client::{Prompt, ProviderClient, ProviderError, ProviderKind};
-pub use prompt::{build_prompt, parse_reply, AiOutput, AiTask, AiTaskKind};
+pub use prompt::PromptRequest;
+pub use prompt::{build_prompt, parse_prompt, parse_reply, AiOutput, AiTask, AiTaskKind};
+pub use retry::{RetryConfig, RetryConfigError};
 
 use crate::breaker::{
     AdminAction, BreakerConfig, BreakerSnapshot, CircuitBreaker, FailureKind, Outcome,
@@ -65,6 +72,9 @@ pub struct ProviderConfig {
     pub restart_limit: u32,
     #[serde(with = "humantime_serde", default = "default_restart_window")]
     pub restart_window: Duration,
+    /// Retries of transient failures within this provider, before failover.
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 /// A credential: serialises as itself (configuration files need it), but never prints, so a
@@ -119,6 +129,7 @@ impl ProviderConfig {
             self.max_tokens,
             self.temperature,
         )
+        .with_retry(self.retry.clone())
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -133,6 +144,10 @@ pub struct CallProvider {
     pub task: AiTask,
     /// `enable_circuit_breaker` of the asking job: off sends the call past the breaker.
     pub use_breaker: bool,
+    /// The job's deadline: no retry wait and no attempt reaches past it.
+    pub deadline: Option<Instant>,
+    /// Chaos testing: fail this call at once, without a request and without the breaker.
+    pub simulate_failure: bool,
 }
 
 /// An operator's breaker command.
@@ -231,6 +246,7 @@ fn failure_kind(err: &ProviderError) -> FailureKind {
     match err {
         ProviderError::Timeout(_) => FailureKind::Timeout,
         ProviderError::Connection(_) => FailureKind::Connection,
+        ProviderError::Status { status: 408, .. } => FailureKind::Timeout,
         ProviderError::Status { status: 429, .. } => FailureKind::RateLimited,
         ProviderError::Status { .. } => FailureKind::ServerError,
         ProviderError::Panicked => FailureKind::Panic,
@@ -287,6 +303,11 @@ impl Handler<CallProvider> for ProviderActor {
     type Result = ResponseActFuture<Self, Result<AiOutput, ProviderError>>;
 
     fn handle(&mut self, msg: CallProvider, _: &mut Self::Context) -> Self::Result {
+        if msg.simulate_failure {
+            tracing::debug!(provider = %self.name, "chaos testing: simulated failure");
+            self.telemetry.emit(TelemetryEvent::ChaosInjection { provider: self.name.clone() });
+            return Box::pin(actix::fut::ready(Err(ProviderError::Simulated)));
+        }
         let permit = if msg.use_breaker {
             match self.breaker.try_acquire() {
                 Ok(permit) => Some(permit),
@@ -316,13 +337,29 @@ impl Handler<CallProvider> for ProviderActor {
         let client = self.client.clone();
         let task = msg.task;
         let panic_now = std::mem::take(&mut self.panic_next);
+        let deadline = msg.deadline.map(tokio::time::Instant::from_std);
+        let (name, telemetry) = (self.name.clone(), self.telemetry.clone());
         let call = async move {
             if panic_now {
                 panic!("provider worker told to panic");
             }
             let prompt = build_prompt(&task);
-            let text = client.complete(&prompt).await?;
-            Ok(parse_reply(task.kind, &text, &client.model))
+            let on_retry = |n: &retry::RetryNotice<'_>| {
+                tracing::debug!(
+                    provider = %name,
+                    attempt = n.failed_attempt,
+                    reason = n.reason,
+                    wait_ms = u64::try_from(n.wait.as_millis()).unwrap_or(u64::MAX),
+                    cause = %n.error,
+                    "retrying provider call"
+                );
+                telemetry.emit(TelemetryEvent::ProviderRetry {
+                    provider: name.clone(),
+                    reason: n.reason,
+                });
+            };
+            let text = client.complete(&prompt, deadline, on_retry).await?;
+            Ok(parse_reply(&task, &text, &client.model))
         };
         let guarded = AssertUnwindSafe(call).catch_unwind();
 

@@ -6,6 +6,9 @@
 //! called, one whose every breaker is open is skipped without a call, a full bulkhead is
 //! skipped, and a failure moves on to the next provider while `enable_ai_failover` is on.
 //! Every attempt is recorded in the report so failover is visible to the client.
+//!
+//! A chaos job (`simulate_failure` while `chaos_testing` is on) has its first provider call
+//! fail on purpose, so a load test can watch the failover path run.
 
 use std::fmt::Write as _;
 use std::time::Instant;
@@ -81,6 +84,7 @@ pub(crate) async fn run(
             file_name: spec.sample.file_name.clone(),
             file_type: static_report.facts.file_type.as_str(),
             content: content.clone(),
+            metasploit: flags.enable_metasploit_integration,
         };
         let before = result.attempts.len();
         let answered =
@@ -153,7 +157,13 @@ async fn try_providers(
             }
             None => None,
         };
-        let call = CallProvider { task: task.clone(), use_breaker: flags.enable_circuit_breaker };
+        let call = CallProvider {
+            task: task.clone(),
+            use_breaker: flags.enable_circuit_breaker,
+            deadline: Some(deadline.into_std()),
+            // Chaos testing fails the first provider actually called, so failover runs.
+            simulate_failure: calls == 1 && spec.simulate_failure && flags.chaos_testing,
+        };
         let answer =
             provider.supervisor.send(Dispatch { msg: call, priority: spec.priority }).await;
         drop(permit);
