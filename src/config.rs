@@ -315,8 +315,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("athena-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("override.toml");
-        std::fs::write(&file, "[server]\nbind = \"0.0.0.0:9000\"\nhttp_workers = 4\n[router]\njob_deadline = \"2m\"\n")
-            .unwrap();
+        let text = "[server]\nbind = \"0.0.0.0:9000\"\nhttp_workers = 4\n\
+                    [router]\njob_deadline = \"2m\"\n";
+        std::fs::write(&file, text).unwrap();
         let loaded = load_from(
             Some(&file),
             env(&[

@@ -64,7 +64,8 @@ async fn a_failing_primary_opens_its_breaker_and_jobs_complete_on_the_backup() {
     let text = metrics.as_str().unwrap();
     assert!(text.contains(r#"athena_breaker_state{provider="primary",state="open"} 1"#), "{text}");
     assert!(text.contains(r#"athena_breaker_state{provider="primary",state="closed"} 0"#));
-    assert!(text.contains(r#"athena_provider_calls_total{outcome="failure",provider="primary"} 2"#));
+    let failures = r#"athena_provider_calls_total{outcome="failure",provider="primary"} 2"#;
+    assert!(text.contains(failures));
 
     // With the breaker flag off, calls bypass the breaker and reach the provider again.
     let (code, _) = server.put("/api/flags/enableCircuitBreaker", json!({"value": false})).await;

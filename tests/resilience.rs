@@ -83,7 +83,10 @@ async fn slow_calls_trip_the_adaptive_rule() {
     let (_, metrics) = server.get("/metrics").await;
     let text = metrics.as_str().unwrap();
     assert!(
-        text.contains(r#"athena_breaker_transitions_total{from="closed",provider="primary",reason="slow_call_rate",to="open"} 1"#),
+        text.contains(concat!(
+            r#"athena_breaker_transitions_total{from="closed",provider="primary","#,
+            r#"reason="slow_call_rate",to="open"} 1"#
+        )),
         "{text}"
     );
     primary.stop().await;

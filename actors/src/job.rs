@@ -92,7 +92,8 @@ impl FromStr for AnalysisType {
             "vulnerabilities" => Ok(AnalysisType::Vulnerabilities),
             "full" => Ok(AnalysisType::Full),
             other => Err(format!(
-                "unknown analysisType {other:?}: expected static, deobfuscate, vulnerabilities or full"
+                "unknown analysisType {other:?}: \
+                 expected static, deobfuscate, vulnerabilities or full"
             )),
         }
     }

@@ -8,7 +8,7 @@
 //! | [`job`] | samples, job specs, work keys, job records |
 //! | [`router`] | `JobRouter`: admission, single-flight, stages, failover, deadline, result |
 //! | [`flags`] | `FlagsActor`: typed, layered, audited feature flags pushed to subscribers |
-//! | [`supervisor`] | `ServiceSupervisor`: one bulkhead and one restartable worker pool per service |
+//! | [`supervisor`] | `ServiceSupervisor`: a bulkhead and a restartable worker pool per service |
 //! | [`bulkhead`] | bounded concurrency and queue with priority lanes and queue timeouts |
 //! | [`semaphore`] | global permits shared across services |
 //! | [`retry_budget`] | bounds failover retries to a fraction of first calls |

@@ -215,7 +215,8 @@ impl<W: Worker> ServiceSupervisor<W> {
     fn pick(&mut self) -> (Addr<W>, InFlightGuard) {
         for i in 0..self.slots.len() {
             if !self.slots[i].addr.connected() {
-                tracing::warn!(service = %self.service, slot = self.slots[i].index, "replacing dead worker");
+                let slot = self.slots[i].index;
+                tracing::warn!(service = %self.service, slot, "replacing dead worker");
                 self.replaced += 1;
                 self.telemetry
                     .emit(TelemetryEvent::SupervisorRestart { service: self.service.clone() });

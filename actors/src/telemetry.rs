@@ -512,8 +512,9 @@ mod tests {
         assert!(text.contains(r#"athena_breaker_state{provider="claude",state="closed"} 0"#));
         assert!(text.contains(r#"athena_breaker_state{provider="claude",state="open"} 1"#));
         assert!(text.contains("athena_jobs_submitted_total 1"));
-        assert!(text.contains(
-            r#"athena_breaker_transitions_total{from="closed",provider="claude",reason="consecutive_failures",to="open"} 1"#
-        ));
+        assert!(text.contains(concat!(
+            r#"athena_breaker_transitions_total{from="closed",provider="claude","#,
+            r#"reason="consecutive_failures",to="open"} 1"#
+        )));
     }
 }

@@ -69,7 +69,8 @@ pub async fn submit(
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            "send multipart/form-data with a `file` part, or application/json with fileName and base64 fileContent",
+            "send multipart/form-data with a `file` part, \
+             or application/json with fileName and base64 fileContent",
         ));
     };
 

@@ -120,6 +120,37 @@ impl TestServer {
     }
 }
 
+/// One answer of the stub provider: after its latency, a failure while told to fail, else a
+/// reply in the layout the prompt asked for.
+async fn stub_reply(
+    body: Value,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> actix_web::HttpResponse {
+    use std::sync::atomic::Ordering;
+    calls.fetch_add(1, Ordering::SeqCst);
+    // The provider's own latency, as a slow or hung provider has it.
+    let wait = delay_ms.load(Ordering::SeqCst);
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    let status = failing.load(Ordering::SeqCst);
+    if status != 0 {
+        let code = actix_web::http::StatusCode::from_u16(status).expect("a valid status");
+        return actix_web::HttpResponse::build(code).json(json!({"error": "stub failure"}));
+    }
+    let prompt = body["messages"][1]["content"].as_str().unwrap_or_default();
+    let content = if prompt.contains("JSON array") {
+        r#"[{"name":"Stub finding","description":"from the stub","severity":"low"}]"#
+    } else {
+        "```\nconsole.log('clean')\n```\nANALYSIS: stub analysis"
+    };
+    actix_web::HttpResponse::Ok().json(json!({
+        "choices": [{"message": {"role": "assistant", "content": content}}]
+    }))
+}
+
 /// A stand-in for an OpenAI-compatible provider on a real socket: it answers chat
 /// completions in the layout Athena's prompts ask for, or fails with `status` while told to.
 pub struct StubProvider {
@@ -133,7 +164,7 @@ pub struct StubProvider {
 
 impl StubProvider {
     pub fn start(failing_status: u16) -> StubProvider {
-        use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+        use std::sync::atomic::{AtomicU16, AtomicUsize};
         use std::sync::Arc;
 
         let calls = Arc::new(AtomicUsize::new(0));
@@ -145,29 +176,7 @@ impl StubProvider {
             actix_web::App::new().route(
                 "/v1/chat/completions",
                 actix_web::web::post().to(move |body: actix_web::web::Json<Value>| {
-                    let (c, s, d) = (c.clone(), s.clone(), d.clone());
-                    async move {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        // The provider's own latency, as a slow or hung provider has it.
-                        let wait = d.load(Ordering::SeqCst);
-                        if wait > 0 {
-                            tokio::time::sleep(Duration::from_millis(wait)).await;
-                        }
-                        let failing = s.load(Ordering::SeqCst);
-                        if failing != 0 {
-                            let code = actix_web::http::StatusCode::from_u16(failing).unwrap();
-                            return actix_web::HttpResponse::build(code).json(json!({"error": "stub failure"}));
-                        }
-                        let prompt = body["messages"][1]["content"].as_str().unwrap_or_default().to_string();
-                        let content = if prompt.contains("JSON array") {
-                            r#"[{"name":"Stub finding","description":"from the stub","severity":"low"}]"#.to_string()
-                        } else {
-                            "```\nconsole.log('clean')\n```\nANALYSIS: stub analysis".to_string()
-                        };
-                        actix_web::HttpResponse::Ok().json(json!({
-                            "choices": [{"message": {"role": "assistant", "content": content}}]
-                        }))
-                    }
+                    stub_reply(body.into_inner(), c.clone(), s.clone(), d.clone())
                 }),
             )
         })

@@ -42,6 +42,10 @@ mod config;
 mod window;
 
 #[cfg(test)]
+mod edge_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
