@@ -343,6 +343,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_files_load() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let production = load_from(Some(&root.join("production.toml")), BTreeMap::new()).unwrap();
+        assert_eq!(production.config.log.format, "json");
+        let flags = load_from(Some(&root.join("flags.example.toml")), BTreeMap::new()).unwrap();
+        assert_eq!(
+            flags.config.flags["ai_provider_priority"],
+            serde_json::json!(["claude", "deepseek"])
+        );
+    }
+
+    #[test]
     fn mistakes_name_their_key() {
         let err = load_from(None, env(&[("ATHENA__SERVER__HTTP_WORKERS", "many")])).unwrap_err();
         assert!(err.to_string().contains("server.http_workers"), "{err}");
