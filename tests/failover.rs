@@ -27,10 +27,7 @@ fn pair(provider: &str, outcome: &str) -> (String, String) {
 }
 
 async fn breaker_state(server: &TestServer, provider: &str) -> Value {
-    let (_, status) = server.get("/api/status").await;
-    let breakers = status["breakers"].as_array().expect("breakers").clone();
-    breakers.into_iter().find(|b| b["provider"] == provider).expect("a breaker view")["state"]
-        .clone()
+    server.breaker(provider).await["state"].clone()
 }
 
 #[actix_rt::test]

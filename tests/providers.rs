@@ -56,9 +56,7 @@ async fn a_failing_primary_opens_its_breaker_and_jobs_complete_on_the_backup() {
     assert_eq!(attempts[1]["outcome"], "success");
     assert_eq!(primary.calls(), 2, "an open breaker sends nothing to the provider");
 
-    let (_, status) = server.get("/api/status").await;
-    let breakers = status["breakers"].as_array().unwrap();
-    let primary_view = breakers.iter().find(|b| b["provider"] == "primary").unwrap();
+    let primary_view = server.breaker("primary").await;
     assert_eq!(primary_view["state"], "open", "{primary_view}");
     let (_, metrics) = server.get("/metrics").await;
     let text = metrics.as_str().unwrap();

@@ -116,14 +116,7 @@ async fn a_panicking_provider_is_restarted_keeps_its_breaker_and_a_crash_loop_op
             assert_eq!(primary_outcome, &pair("primary", "failure"), "round {round}");
             assert_eq!(attempts(&record)[1], pair("backup", "success"));
         }
-        let (_, status) = server.get("/api/status").await;
-        let view = status["breakers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["provider"] == "primary")
-            .cloned()
-            .unwrap();
+        let view = server.breaker("primary").await;
         // The breaker's counts survive each restart: the struct is kept.
         let failures = view["totals"]["failures"].as_u64().unwrap();
         assert_eq!(failures, 1 + round, "{view}");

@@ -77,6 +77,13 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The first breaker slot of `provider` as `/api/status` shows it.
+    pub async fn breaker(&self, provider: &str) -> Value {
+        let (_, status) = self.get("/api/status").await;
+        let breakers = status["breakers"].as_array().expect("breakers listed");
+        breakers.iter().find(|b| b["provider"] == provider).expect("provider listed").clone()
+    }
+
     /// Submits a sample as JSON; answers the status and body.
     pub async fn submit(&self, name: &str, bytes: &[u8], analysis_type: &str) -> (u16, Value) {
         let body = json!({
