@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Makes sure a Redis server answers on REDIS_URL's host and port (default 127.0.0.1:6379):
-# uses a running one, else starts one, else installs redis-server from Debian's packages when
-# running as root, else explains what is missing.
+# Makes sure redis-server is installed (from Debian's packages when running as root, else it
+# explains what is missing) and that a Redis server answers on REDIS_URL's host and port
+# (default 127.0.0.1:6379): uses a running one, else starts one.
 set -euo pipefail
 
 host=127.0.0.1
@@ -22,10 +22,8 @@ answers() {
   fi
 }
 
-if answers; then
-  exit 0
-fi
-
+# The distributed tests also start redis-server processes of their own (to kill and restart
+# them), so the binary is needed even when a server already answers.
 if ! command -v redis-server >/dev/null 2>&1; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
     echo "redis-server is not installed; installing it from Debian's packages" >&2
@@ -36,6 +34,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
     echo "start one and point REDIS_URL at it, then run make test again." >&2
     exit 1
   fi
+fi
+
+if answers; then
+  exit 0
 fi
 
 echo "starting redis-server on $host:$port" >&2

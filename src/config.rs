@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use athena_actors::cache::CacheConfig;
+use athena_actors::distributed::{QueueConfig, RedisConfig};
 use athena_actors::engine::{EngineConfig, FlagLayers, SemaphoresConfig, ServicesConfig};
 use athena_actors::flags::FLAGS;
 use athena_actors::provider::ProviderConfig;
@@ -70,6 +71,10 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub semaphores: SemaphoresConfig,
     #[serde(default)]
+    pub queue: QueueConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Flag values from the file; see `athena_actors::flags`.
     #[serde(default)]
@@ -127,6 +132,8 @@ impl Config {
                 self.log.format
             )));
         }
+        self.queue.validate().map_err(ConfigError)?;
+        self.redis.validate().map_err(ConfigError)?;
         self.engine().validate().map_err(|e| ConfigError(e.to_string()))
     }
 
@@ -138,6 +145,7 @@ impl Config {
                 provider.api_key = Some(athena_actors::provider::Secret::new("<redacted>"));
             }
         }
+        shown.redis.url = shown.redis.redacted_url();
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -172,6 +180,7 @@ pub fn load_from(
             }
         }
     }
+    legacy_redis(&env, &mut legacy)?;
     figment = figment.merge(Serialized::defaults(legacy));
 
     figment = figment.merge(EnvSnapshot { env: env.clone() });
@@ -180,6 +189,65 @@ pub fn load_from(
     let env_flags = flags_from_env(&env)?;
     config.validate()?;
     Ok(Loaded { config, env_flags })
+}
+
+/// The original deployment's Redis variables: `REDIS_ENABLED` picks the queue backend,
+/// `REDIS_URL` or `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` and `REDIS_DB` make the URL,
+/// `REDIS_KEY_PREFIX` the prefix. `ATHENA__QUEUE__*` and `ATHENA__REDIS__*` override them.
+fn legacy_redis(
+    env: &BTreeMap<String, String>,
+    legacy: &mut toml::Table,
+) -> Result<(), ConfigError> {
+    let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    if let Some(enabled) = get("REDIS_ENABLED") {
+        let backend = match enabled.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => "redis",
+            "false" | "0" | "no" | "off" => "memory",
+            other => {
+                return Err(ConfigError(format!("REDIS_ENABLED: {other:?} is not true or false")))
+            }
+        };
+        let mut queue = toml::Table::new();
+        queue.insert("backend".into(), backend.into());
+        legacy.insert("queue".into(), queue.into());
+    }
+    let mut redis = toml::Table::new();
+    let parts = ["REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB"];
+    if let Some(url) = get("REDIS_URL") {
+        redis.insert("url".into(), url.into());
+    } else if parts.iter().any(|p| get(p).is_some()) {
+        let host = get("REDIS_HOST").unwrap_or("127.0.0.1");
+        let port = get("REDIS_PORT").unwrap_or("6379");
+        if port.parse::<u16>().is_err() {
+            return Err(ConfigError(format!("REDIS_PORT: {port:?} is not a port number")));
+        }
+        let db = get("REDIS_DB").unwrap_or("0");
+        if db.parse::<u32>().is_err() {
+            return Err(ConfigError(format!("REDIS_DB: {db:?} is not a database number")));
+        }
+        let auth = get("REDIS_PASSWORD").map(|p| format!(":{}@", encode_userinfo(p)));
+        let url = format!("redis://{}{host}:{port}/{db}", auth.unwrap_or_default());
+        redis.insert("url".into(), url.into());
+    }
+    if let Some(prefix) = get("REDIS_KEY_PREFIX") {
+        redis.insert("key_prefix".into(), prefix.into());
+    }
+    if !redis.is_empty() {
+        legacy.insert("redis".into(), redis.into());
+    }
+    Ok(())
+}
+
+/// Percent-encodes what a password may hold that a URL's user part may not.
+fn encode_userinfo(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn render_figment_error(err: figment::Error) -> String {
@@ -299,6 +367,8 @@ mod tests {
         assert_eq!(file.services, code.services);
         assert_eq!(file.sandbox, code.sandbox);
         assert_eq!(file.semaphores, code.semaphores);
+        assert_eq!(config.queue, athena_actors::distributed::QueueConfig::default());
+        assert_eq!(config.redis, athena_actors::distributed::RedisConfig::default());
         for provider in config.providers.values() {
             assert_eq!(
                 provider.breaker,
@@ -376,6 +446,40 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("does not exist"));
+    }
+
+    #[test]
+    fn the_original_redis_variables_are_honoured() {
+        let loaded = load_from(
+            None,
+            env(&[
+                ("REDIS_ENABLED", "true"),
+                ("REDIS_HOST", "cache.internal"),
+                ("REDIS_PORT", "6380"),
+                ("REDIS_PASSWORD", "p@ss/word"),
+                ("REDIS_DB", "2"),
+                ("REDIS_KEY_PREFIX", "athena-prod:"),
+            ]),
+        )
+        .unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.queue.backend, athena_actors::distributed::QueueBackend::Redis);
+        assert_eq!(c.redis.url, "redis://:p%40ss%2Fword@cache.internal:6380/2");
+        assert_eq!(c.redis.key_prefix, "athena-prod:");
+        assert!(!c.redacted_toml().contains("p%40ss"), "the password is never shown");
+
+        let both = env(&[("REDIS_URL", "redis://a:1/0"), ("ATHENA__REDIS__URL", "redis://b:2/0")]);
+        assert_eq!(load_from(None, both).unwrap().config.redis.url, "redis://b:2/0");
+        let memory = load_from(None, env(&[("REDIS_ENABLED", "false")])).unwrap();
+        assert_eq!(memory.config.queue.backend.as_str(), "memory");
+        assert_eq!(
+            load_from(None, BTreeMap::new()).unwrap().config.queue.backend.as_str(),
+            "memory"
+        );
+        let err = load_from(None, env(&[("REDIS_PORT", "sixty")])).unwrap_err();
+        assert!(err.to_string().contains("REDIS_PORT"), "{err}");
+        let err = load_from(None, env(&[("ATHENA__QUEUE__BACKEND", "kafka")])).unwrap_err();
+        assert!(err.to_string().contains("queue.backend"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use athena::config;
+use athena::{config, Role};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,18 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Listen address, overriding `server.bind`.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Serve the API only and leave the jobs to worker nodes (needs the Redis queue).
+        #[arg(long)]
+        api_only: bool,
+    },
+    /// Run a worker node: jobs from the Redis queue, with /metrics and /readyz on --bind.
+    Worker {
+        /// Configuration file overriding the built-in defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address of /metrics and /readyz, overriding `server.bind`.
         #[arg(long)]
         bind: Option<String>,
     },
@@ -101,27 +113,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Serve { config, bind } => {
-            let mut loaded = match config::load(config.as_deref()) {
-                Ok(loaded) => loaded,
-                Err(err) => {
-                    eprintln!("{err}");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Some(bind) = bind {
-                loaded.config.server.bind = bind;
-            }
-            init_logging(&loaded.config.log.level, &loaded.config.log.format);
-            match actix_rt::System::new().block_on(serve(loaded)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!(cause = %err, "athena stopped");
-                    eprintln!("athena: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve { config, bind, api_only } => {
+            let role = if api_only { Role::Api } else { Role::All };
+            run_node(config, bind, role)
         }
+        Command::Worker { config, bind } => run_node(config, bind, Role::Worker),
         Command::FakeProvider {
             bind,
             latency,
@@ -162,10 +158,32 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(loaded: config::Loaded) -> anyhow::Result<()> {
+fn run_node(config: Option<PathBuf>, bind: Option<String>, role: Role) -> ExitCode {
+    let mut loaded = match config::load(config.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(bind) = bind {
+        loaded.config.server.bind = bind;
+    }
+    init_logging(&loaded.config.log.level, &loaded.config.log.format);
+    match actix_rt::System::new().block_on(serve(loaded, role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(cause = %err, "athena stopped");
+            eprintln!("athena: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(loaded: config::Loaded, role: Role) -> anyhow::Result<()> {
     let grace = loaded.config.server.shutdown_grace;
-    let server = athena::start(&loaded)?;
-    tracing::info!(addr = %server.addr, "athena listening");
+    let server = athena::start_node(&loaded, role, athena_actors::clock::system())?;
+    tracing::info!(addr = %server.addr, role = ?role, "athena listening");
     println!("athena listening on http://{}", server.addr);
 
     let mut term = actix_rt::signal::unix::signal(actix_rt::signal::unix::SignalKind::terminate())?;

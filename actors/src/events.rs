@@ -27,6 +27,18 @@ pub struct JobEvent {
     pub data: Option<Value>,
 }
 
+impl JobEvent {
+    /// Every event type, in the order a job meets them.
+    pub const KINDS: [&'static str; 4] = ["progress", "partial_result", "complete", "error"];
+    /// Every stage an event may name.
+    pub const STAGES: [&'static str; 4] = ["cache", "static", "container", "ai"];
+
+    /// Whether this is a job's last event.
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, "complete" | "error")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<JobEvent>,

@@ -2,10 +2,12 @@
 //!
 //! Flags steer a running engine without a restart. Values come in layers, each overriding the
 //! one before: built-in defaults, the config file's `[flags]` table, the environment
-//! (`ATHENA__FLAGS__<NAME>` and the original `FEATURE_<CAMELNAME>` variables), and runtime changes
-//! through the admin API. Every flag has a snake_case name and the camelCase alias the original
-//! Athena clients use. Readers never ask the actor on a hot path: it pushes an immutable
-//! [`FlagSet`] snapshot to every subscriber on each change, and the router keeps the latest.
+//! (`ATHENA__FLAGS__<NAME>` and the original `FEATURE_<CAMELNAME>` variables), runtime changes
+//! through the admin API, and in distributed mode the values set through the API of any node,
+//! which [`crate::distributed::flags`] brings in with [`SyncFlags`]. Every flag has a
+//! snake_case name and the camelCase alias the original Athena clients use. Readers never ask
+//! the actor on a hot path: it pushes an immutable [`FlagSet`] snapshot to every subscriber on
+//! each change, and the router keeps the latest.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -211,6 +213,17 @@ impl FlagSet {
             .map(|f| f.name)
     }
 
+    /// The canonical name and value of a flag, as every node stores and compares them:
+    /// `"enableBulkhead"` and `"true"` become `enable_bulkhead` and `true`. Checks the type only;
+    /// the checks that depend on a node's configuration happen when the value is applied.
+    pub fn normalize(name: &str, value: &Value) -> Result<(&'static str, Value), FlagError> {
+        let canonical =
+            Self::canonical_name(name).ok_or_else(|| FlagError::Unknown(name.to_string()))?;
+        let mut scratch = FlagSet::default();
+        scratch.set_json(canonical, value)?;
+        Ok((canonical, scratch.get(canonical).unwrap_or(Value::Null)))
+    }
+
     /// All values as a JSON object keyed by canonical name.
     pub fn to_json(&self) -> BTreeMap<&'static str, Value> {
         FLAGS.iter().filter_map(|f| Some((f.name, self.get(f.name)?))).collect()
@@ -225,6 +238,8 @@ pub enum FlagSource {
     Config,
     Environment,
     Api,
+    /// A value set through the API of another node (or this one), read back from Redis.
+    Cluster,
 }
 
 impl FlagSource {
@@ -234,6 +249,7 @@ impl FlagSource {
             FlagSource::Config => "config",
             FlagSource::Environment => "environment",
             FlagSource::Api => "api",
+            FlagSource::Cluster => "cluster",
         }
     }
 }
@@ -425,6 +441,55 @@ impl Handler<GetAudit> for FlagsActor {
     }
 }
 
+/// Applies the values the cluster agreed on (every value in Redis, not only the changed ones).
+/// A value equal to the current one is not a change: it leaves no audit entry and pushes
+/// nothing, so re-reading the whole set after each change costs the node nothing.
+#[derive(Debug, Message)]
+#[rtype(result = "SyncReport")]
+pub struct SyncFlags(pub BTreeMap<String, Value>);
+
+/// What a [`SyncFlags`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncReport {
+    /// Values accepted, whether or not they differed from the current ones.
+    pub applied: usize,
+    /// Flags whose value changed.
+    pub changed: Vec<&'static str>,
+    /// Values this node refused, each with why: a flag from a newer node, a value invalid
+    /// here (a provider this node lacks). One refusal does not stop the others.
+    pub refused: Vec<FlagError>,
+}
+
+impl Handler<SyncFlags> for FlagsActor {
+    type Result = MessageResult<SyncFlags>;
+
+    fn handle(&mut self, msg: SyncFlags, _: &mut Self::Context) -> Self::Result {
+        let mut report = SyncReport::default();
+        for (name, value) in &msg.0 {
+            match self.apply(name, value, FlagSource::Cluster, false) {
+                Ok(entry) => {
+                    report.applied += 1;
+                    if entry.old_value != entry.new_value {
+                        tracing::info!(
+                            flag = entry.flag,
+                            old = %entry.old_value,
+                            new = %entry.new_value,
+                            source = FlagSource::Cluster.as_str(),
+                            "flag changed"
+                        );
+                        report.changed.push(entry.flag);
+                    }
+                }
+                Err(refused) => report.refused.push(refused),
+            }
+        }
+        if !report.changed.is_empty() {
+            self.publish();
+        }
+        MessageResult(report)
+    }
+}
+
 /// Registers a subscriber; it gets the current snapshot at once.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -440,119 +505,4 @@ impl Handler<Subscribe> for FlagsActor {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn layer(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-    }
-
-    fn actor(config: &[(&str, Value)], env: &[(&str, Value)]) -> Result<FlagsActor, FlagError> {
-        let providers = vec!["claude".into(), "openai".into(), "deepseek".into()];
-        FlagsActor::new(&layer(config), &layer(env), providers, Telemetry::disabled())
-    }
-
-    #[test]
-    fn layers_override_in_order_and_aliases_resolve() {
-        let a = actor(
-            &[("cacheAnalysisResults", json!(false)), ("enable_bulkhead", json!(false))],
-            &[("enable_bulkhead", json!("true")), ("aiProviderPriority", json!("openai,claude"))],
-        )
-        .unwrap();
-        let flags = a.flags();
-        assert!(!flags.cache_analysis_results);
-        assert!(flags.enable_bulkhead, "environment overrides the config file");
-        assert_eq!(flags.ai_provider_priority, vec!["openai", "claude"]);
-        // enable_bulkhead went false then true again; each real change is audited.
-        assert_eq!(a.audit.len(), 4);
-        assert_eq!(a.audit[2].source, FlagSource::Environment);
-        let restated = actor(&[("enable_bulkhead", json!(true))], &[]).unwrap();
-        assert!(restated.audit.is_empty(), "restating a default is not a change");
-    }
-
-    #[test]
-    fn bad_values_and_unknown_names_are_errors_naming_the_flag() {
-        let err = actor(&[("enableBulkhead", json!(3))], &[]).err().unwrap();
-        assert_eq!(
-            err.to_string(),
-            "invalid value for flag enable_bulkhead: expected a boolean, got a number"
-        );
-        let err = actor(&[], &[("no_such_flag", json!(true))]).err().unwrap();
-        assert_eq!(err, FlagError::Unknown("no_such_flag".into()));
-        let err = actor(&[("ai_provider_priority", json!(["claude", "gpt5"]))], &[]).err().unwrap();
-        assert!(err.to_string().contains("unknown provider \"gpt5\""), "{err}");
-        let err =
-            actor(&[("ai_provider_priority", json!(["claude", "claude"]))], &[]).err().unwrap();
-        assert!(err.to_string().contains("listed twice"), "{err}");
-    }
-
-    #[test]
-    fn every_flag_round_trips_through_json() {
-        let flags = FlagSet::default();
-        for info in FLAGS {
-            let value = flags.get(info.name).unwrap();
-            let mut copy = FlagSet::default();
-            copy.set_json(info.name, &value).unwrap();
-            assert_eq!(copy, flags, "{}", info.name);
-            assert_eq!(FlagSet::canonical_name(info.alias), Some(info.name));
-        }
-    }
-
-    #[derive(Default)]
-    struct Probe(Vec<Arc<FlagSet>>);
-    impl Actor for Probe {
-        type Context = Context<Self>;
-    }
-    impl Handler<FlagsChanged> for Probe {
-        type Result = ();
-        fn handle(&mut self, msg: FlagsChanged, _: &mut Context<Self>) {
-            self.0.push(msg.0);
-        }
-    }
-    #[derive(Message)]
-    #[rtype(result = "Vec<Arc<FlagSet>>")]
-    struct Seen;
-    impl Handler<Seen> for Probe {
-        type Result = MessageResult<Seen>;
-        fn handle(&mut self, _: Seen, _: &mut Context<Self>) -> Self::Result {
-            MessageResult(self.0.clone())
-        }
-    }
-
-    #[actix_rt::test]
-    async fn changes_are_validated_audited_and_pushed() {
-        let flags = actor(&[], &[]).unwrap().start();
-        let probe = Probe::default().start();
-        flags.send(Subscribe(probe.clone().recipient())).await.unwrap();
-
-        let entry = flags
-            .send(SetFlag {
-                name: "maintenanceMode".into(),
-                value: json!(true),
-                source: FlagSource::Api,
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((entry.old_value, entry.new_value), (json!(false), json!(true)));
-
-        let rejected = flags
-            .send(SetFlag {
-                name: "maintenance_mode".into(),
-                value: json!("maybe"),
-                source: FlagSource::Api,
-            })
-            .await
-            .unwrap();
-        assert!(matches!(rejected, Err(FlagError::InvalidValue { .. })));
-
-        let seen = probe.send(Seen).await.unwrap();
-        assert_eq!(seen.len(), 2, "initial snapshot plus one accepted change");
-        assert!(!seen[0].maintenance_mode);
-        assert!(seen[1].maintenance_mode);
-        let audit = flags.send(GetAudit).await.unwrap();
-        assert_eq!(audit.len(), 1);
-        assert_eq!(audit[0].source, FlagSource::Api);
-    }
-}
+mod tests;

@@ -17,7 +17,7 @@
 //! | [`analysis`] | the static analyzer itself: file types, hashes, strings, IOCs, verdict |
 //! | [`sandbox`] | worker of the `container` service: an external sandbox runtime |
 //! | [`provider`] | AI provider actors (breaker inside), their HTTP clients and prompts |
-//! | [`cache`] | `CacheActor` and the bounded in-memory result tier |
+//! | [`cache`] | `CacheActor`: the bounded in-memory result tier, then the Redis tier of a fleet |
 //! | [`store`] | job records with retention |
 //! | [`events`] | job progress for streaming clients |
 //! | [`telemetry`] | `TelemetryActor` and the Prometheus registry |
@@ -32,6 +32,7 @@ pub mod breaker;
 pub mod bulkhead;
 pub mod cache;
 pub mod clock;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod events;

@@ -2,7 +2,17 @@
 //!
 //! One [`AnalysisReport`] is assembled per job from the stages' outputs. Field names are
 //! camelCase on the wire because the original Athena clients read them that way. Every struct
-//! takes `#[serde(default)]` so that a cached report written by an older build still decodes.
+//! takes `#[serde(default)]` so that JSON written by an older build still decodes.
+//!
+//! # One shape in every encoding
+//!
+//! An absent optional field is `null` in JSON, never left out. The Redis tier of the result
+//! cache stores reports in bincode, which is positional: a field that is sometimes skipped
+//! shifts every field after it, and the report no longer decodes. So no type here may use
+//! `skip_serializing_if`, `flatten`, untagged enums or `serde_json::Value`, none of which
+//! bincode can read back. Adding, removing or reordering a field changes the bincode layout
+//! too: bump [`FORMAT_VERSION`](crate::distributed::cache_tier::FORMAT_VERSION) with it, so
+//! entries of the old layout are dropped as misses instead of decoding into the wrong fields.
 
 use serde::{Deserialize, Serialize};
 
@@ -177,7 +187,6 @@ pub struct StaticFacts {
     /// Printable strings worth a researcher's look (bounded in count and length).
     pub strings: Vec<String>,
     /// Target architecture of an executable, e.g. `x86_64`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub architecture: Option<String>,
 }
 
@@ -201,9 +210,7 @@ pub struct Vulnerability {
     pub name: String,
     pub description: String,
     pub severity: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cve_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub metasploit_module: Option<String>,
 }
 
@@ -214,7 +221,6 @@ pub struct ProviderAttempt {
     pub provider: String,
     /// `success`, `failure`, `rejected` (breaker or bulkhead), `unavailable` (not configured).
     pub outcome: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub latency_ms: u64,
 }
@@ -226,9 +232,7 @@ pub struct ContainerReport {
     /// `completed`, `skipped` or `failed`.
     pub status: String,
     pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
 }
 
@@ -245,16 +249,39 @@ pub struct AnalysisReport {
     #[serde(rename = "static")]
     pub static_facts: StaticFacts,
     pub providers: Vec<ProviderAttempt>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub deobfuscated_code: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub analysis_report: Option<String>,
     pub vulnerabilities: Vec<Vulnerability>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerReport>,
     /// Whether an AI provider other than the first one tried produced the AI part.
     pub used_fallback: bool,
     /// Why an AI analysis the job asked for is missing, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ai_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    #[test]
+    fn absent_optional_fields_are_null_in_json() {
+        let report = AnalysisReport {
+            providers: vec![ProviderAttempt::default()],
+            vulnerabilities: vec![Vulnerability::default()],
+            container: Some(ContainerReport::default()),
+            ..AnalysisReport::default()
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        for field in ["aiError", "analysisReport", "deobfuscatedCode"] {
+            assert!(json.get(field).is_some_and(Value::is_null), "{field}");
+        }
+        assert!(json["static"].get("architecture").is_some_and(Value::is_null));
+        assert!(json["providers"][0].get("detail").is_some_and(Value::is_null));
+        assert!(json["vulnerabilities"][0].get("cveId").is_some_and(Value::is_null));
+        assert!(json["container"].get("exitCode").is_some_and(Value::is_null));
+        let back: AnalysisReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, report);
+    }
 }

@@ -24,6 +24,11 @@ pub struct AnalyzeSample {
     pub depth: Depth,
 }
 
+/// With the `test-hooks` feature, a sample starting with these bytes makes the analyzer
+/// panic every time: the poison job of the queue tests. Never in a build that ships.
+#[cfg(feature = "test-hooks")]
+pub const POISON_SAMPLE: &[u8] = b"ATHENA-TEST-POISON";
+
 /// Worker of the `static` service.
 pub struct StaticAnalyzer {
     telemetry: Telemetry,
@@ -53,6 +58,10 @@ impl Handler<AnalyzeSample> for StaticAnalyzer {
         self.book.begin();
         let started = Instant::now();
         let work = tokio::task::spawn_blocking(move || {
+            #[cfg(feature = "test-hooks")]
+            if msg.sample.bytes.starts_with(POISON_SAMPLE) {
+                panic!("poison sample (test hook)");
+            }
             analysis::analyze(&msg.sample.file_name, &msg.sample.bytes, msg.depth)
         });
         Box::pin(work.into_actor(self).map(move |joined, act, ctx| {

@@ -77,6 +77,10 @@ pub enum TelemetryEvent {
     SupervisorRestart {
         service: String,
     },
+    /// A delivery from the Redis job queue was settled on this node.
+    QueueDelivery {
+        outcome: &'static str,
+    },
     FlagChanged {
         flag: &'static str,
         source: &'static str,
@@ -142,6 +146,7 @@ struct Metrics {
     bulkhead_wait: HistogramVec,
     bulkhead_run: HistogramVec,
     cache_requests: IntCounterVec,
+    queue_deliveries: IntCounterVec,
     supervisor_restarts: IntCounterVec,
     flag_changes: IntCounterVec,
     samples_analysed: IntCounterVec,
@@ -152,6 +157,10 @@ struct Metrics {
 /// Every `reason` of `athena_provider_retries_total` (see `provider::retry::retry_reason`).
 pub(crate) const RETRY_REASONS: [&str; 5] =
     ["timeout", "connection", "request_timeout", "rate_limited", "server_error"];
+
+/// Every `outcome` of `athena_queue_deliveries_total` (see `distributed::worker`).
+pub(crate) const QUEUE_OUTCOMES: [&str; 7] =
+    ["completed", "retried", "dead_lettered", "refused", "reclaimed", "duplicate", "missing"];
 
 /// Buckets from 1 ms to 2 minutes: static analysis is milliseconds, AI calls are seconds.
 const DURATION_BUCKETS: &[f64] =
@@ -287,6 +296,12 @@ impl Metrics {
                 "Result cache lookups and writes, by tier and result.",
                 &["tier", "result"],
             ),
+            queue_deliveries: counter(
+                r,
+                "athena_queue_deliveries_total",
+                "Deliveries from the Redis job queue handled by this node, by outcome.",
+                &["outcome"],
+            ),
             supervisor_restarts: counter(
                 r,
                 "athena_supervisor_restarts_total",
@@ -347,10 +362,14 @@ impl Metrics {
             }
             self.job_duration.with_label_values(&[outcome]);
         }
-        for tier in ["memory"] {
-            for result in ["hit", "miss", "write"] {
-                self.cache_requests.with_label_values(&[tier, result]);
-            }
+        for result in ["hit", "miss", "write"] {
+            self.cache_requests.with_label_values(&["memory", result]);
+        }
+        for result in crate::distributed::cache_tier::RESULTS {
+            self.cache_requests.with_label_values(&["redis", result]);
+        }
+        for outcome in QUEUE_OUTCOMES {
+            self.queue_deliveries.with_label_values(&[outcome]);
         }
         for file_type in FileType::ALL {
             self.samples_analysed.with_label_values(&[file_type.as_str()]);
@@ -416,6 +435,9 @@ impl Metrics {
             }
             E::CacheRequest { tier, result } => {
                 self.cache_requests.with_label_values(&[tier, result]).inc();
+            }
+            E::QueueDelivery { outcome } => {
+                self.queue_deliveries.with_label_values(&[outcome]).inc();
             }
             E::SupervisorRestart { service } => {
                 self.supervisor_restarts.with_label_values(&[&service]).inc();
@@ -500,6 +522,7 @@ mod tests {
         assert!(text.contains(r#"athena_breaker_state{provider="claude",state="open"} 0"#));
         assert!(text.contains(r#"athena_bulkhead_active{service="static"} 0"#));
         assert!(text.contains(r#"athena_verdicts_total{threat_level="critical"} 0"#));
+        assert!(text.contains(r#"athena_cache_requests_total{result="skipped",tier="redis"} 0"#));
 
         telemetry.emit(TelemetryEvent::BreakerTransition {
             provider: "claude".into(),

@@ -9,13 +9,24 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 
+/// Redis as health and status show it: not configured, up, or down with the reason.
+fn redis_summary(state: &AppState) -> Value {
+    match state.engine.redis() {
+        None => json!({"status": "not_configured"}),
+        Some(redis) => match redis.health().problem() {
+            None => json!({"status": "up"}),
+            Some(reason) => json!({"status": "down", "reason": reason}),
+        },
+    }
+}
+
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptimeSeconds": state.engine.uptime().as_secs(),
-        "queue": "memory",
-        "redis": {"status": "not_configured"},
+        "queue": if state.node.queue.is_some() { "redis" } else { "memory" },
+        "redis": redis_summary(&state),
         "providers": state.engine.providers(),
     }))
 }
@@ -25,11 +36,31 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable()
             .json(json!({"ready": false, "reason": "the service is shutting down"}));
     }
+    // A fleet node can do nothing useful without Redis: new jobs would get 503.
+    if let Some(reason) = state.engine.redis().and_then(|r| r.health().problem()) {
+        return HttpResponse::ServiceUnavailable().json(json!({"ready": false, "reason": reason}));
+    }
     HttpResponse::Ok().json(json!({"ready": true}))
 }
 
 pub async fn status(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.engine.status().await)
+    let mut status = serde_json::to_value(state.engine.status().await).unwrap_or_default();
+    let queue = match &state.node.queue {
+        None => json!({"backend": "memory"}),
+        Some(queue) => {
+            let mut shown = json!({"backend": "redis", "redis": redis_summary(&state)});
+            if let Ok(stats) = queue.stats().await {
+                shown["stats"] = serde_json::to_value(stats).unwrap_or_default();
+            }
+            if let Some(worker) = &state.node.worker {
+                shown["consumer"] = json!(worker.consumer());
+                shown["running"] = json!(worker.in_flight());
+            }
+            shown
+        }
+    };
+    status["queue"] = queue;
+    HttpResponse::Ok().json(status)
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -60,6 +91,20 @@ pub async fn set_flag(
         source: FlagSource::Api,
     };
     let entry = state.engine.flags.send(msg).await??;
+    if let Some(cluster) = &state.node.cluster_flags {
+        if let Err(cause) = cluster.publish(entry.flag, &entry.new_value).await {
+            tracing::warn!(flag = entry.flag, cause = %cause, "flag change not propagated");
+            return Err(ApiError::unavailable(
+                "flags_not_propagated",
+                format!(
+                    "flag {} changed on this node only: Redis is unreachable, so other nodes \
+                     keep their value; retry to propagate it",
+                    entry.flag
+                ),
+                std::time::Duration::from_secs(5),
+            ));
+        }
+    }
     Ok(HttpResponse::Ok().json(entry))
 }
 

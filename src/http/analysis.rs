@@ -13,12 +13,14 @@ use actix_multipart::Multipart;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use athena_actors::bulkhead::Priority;
+use athena_actors::events::JobEvent;
 use athena_actors::flags::GetFlags;
-use athena_actors::job::{AnalysisType, JobId, JobSpec, Sample};
+use athena_actors::job::{AnalysisType, JobId, JobRecord, JobSpec, JobStatus, Sample};
 use base64::Engine as _;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
 use super::AppState;
@@ -76,11 +78,52 @@ pub async fn submit(
 
     let mut spec = build_spec(sample, options)?;
     spec.simulate_failure = simulated_failure(&req, &state).await?;
-    let id = state.engine.submit(spec).await?;
+    let key = idempotency_key(&req)?;
+    let (id, created) = match &state.node.queue {
+        Some(queue) => {
+            admit_to_queue(&state).await?;
+            queue.enqueue(&spec, key.as_deref()).await?
+        }
+        None => match key {
+            Some(key) => state.engine.submit_idempotent(key, spec).await?,
+            None => (state.engine.submit(spec).await?, true),
+        },
+    };
     let status_url = format!("/api/analysis/status/{id}");
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, status_url.clone()))
-        .json(json!({"analysisId": id, "status": "pending", "statusUrl": status_url})))
+    let mut response = HttpResponse::Created();
+    response.insert_header((header::LOCATION, status_url.clone()));
+    if !created {
+        // The same answer as the first time, marked as a replay.
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(response.json(json!({"analysisId": id, "status": "pending", "statusUrl": status_url})))
+}
+
+/// The header that makes a submission safe to retry.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The client's idempotency key: 1 to 255 visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY_HEADER) else { return Ok(None) };
+    let bad = || ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters");
+    let key = value.to_str().map_err(|_| bad())?.trim();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// What the router's admission does in embedded mode, for a node that only queues: no new
+/// jobs while draining or in maintenance mode.
+async fn admit_to_queue(state: &AppState) -> Result<(), ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(athena_actors::error::SubmitError::ShuttingDown.into());
+    }
+    let flags = state.engine.flags.send(GetFlags).await?;
+    if flags.maintenance_mode {
+        return Err(athena_actors::error::SubmitError::Maintenance.into());
+    }
+    Ok(())
 }
 
 /// The chaos header, read once per request and kept on the job.
@@ -253,8 +296,82 @@ pub async fn status(
         ApiError::not_found("unknown_analysis", format!("no analysis with id {:?}", path.as_str()))
     };
     let id: JobId = path.parse().map_err(|_| unknown())?;
-    let record = state.engine.job(&id).ok_or_else(unknown)?;
+    let record = lookup(&state, &id).await?.ok_or_else(unknown)?;
     Ok(HttpResponse::Ok().json(record))
+}
+
+/// A job's record, from Redis in distributed mode or from this process.
+async fn lookup(state: &AppState, id: &JobId) -> Result<Option<JobRecord>, ApiError> {
+    match &state.node.queue {
+        Some(queue) => Ok(queue.record(id).await?),
+        None => Ok(state.engine.job(id)),
+    }
+}
+
+/// How often an idle event stream sends a comment, so proxies keep it open.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Server-Sent Events of one job: `progress`, `partial_result`, then `complete` or `error`,
+/// after which the stream ends. A job that has already finished gets its final event at once.
+pub async fn events(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let unknown = || {
+        ApiError::not_found("unknown_analysis", format!("no analysis with id {:?}", path.as_str()))
+    };
+    let id: JobId = path.parse().map_err(|_| unknown())?;
+    if !state.engine.flags.send(GetFlags).await?.enable_streaming_analysis {
+        return Err(ApiError::unavailable(
+            "streaming_disabled",
+            "event streams are off (flag enable_streaming_analysis); poll the status route",
+            std::time::Duration::from_secs(60),
+        ));
+    }
+    // Subscribe before reading the record, so an event between the two is not missed.
+    let rx = state.node.events.subscribe();
+    let record = lookup(&state, &id).await?.ok_or_else(unknown)?;
+
+    let first = final_event(&record).map(|e| sse_frame(&e));
+    let finished = first.is_some();
+    let initial = futures_util::stream::iter(first.map(Ok::<_, actix_web::Error>));
+    let live = futures_util::stream::unfold((rx, finished), move |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+                Err(_) => {
+                    return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), (rx, false)))
+                }
+                Ok(Ok(event)) if event.analysis_id == id => {
+                    let last = event.is_final();
+                    return Some((Ok(sse_frame(&event)), (rx, last)));
+                }
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(initial.chain(live)))
+}
+
+/// The event that ends a finished job's stream.
+fn final_event(record: &JobRecord) -> Option<JobEvent> {
+    let (kind, data) = match record.status {
+        JobStatus::Completed => ("complete", serde_json::to_value(&record.results).ok()),
+        JobStatus::Failed => ("error", serde_json::to_value(&record.error).ok()),
+        _ => return None,
+    };
+    Some(JobEvent { analysis_id: record.analysis_id, kind, progress: 100, stage: None, data })
+}
+
+fn sse_frame(event: &JobEvent) -> web::Bytes {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
+    web::Bytes::from(format!("event: {}\ndata: {data}\n\n", event.kind))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
+use athena_actors::distributed::QueueError;
 use athena_actors::engine::AdminError;
 use athena_actors::error::SubmitError;
 use athena_actors::flags::FlagError;
@@ -85,6 +86,23 @@ impl From<SubmitError> for ApiError {
             }
             SubmitError::Overloaded { retry_after, .. } => {
                 ApiError::unavailable("overloaded", err.to_string(), retry_after)
+            }
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(err: QueueError) -> Self {
+        match err {
+            // The message names Redis, never its address or credentials.
+            QueueError::Unavailable(_) => ApiError::unavailable(
+                "queue_unavailable",
+                "the job queue (Redis) is unreachable; nothing was accepted, retry later",
+                Duration::from_secs(5),
+            ),
+            QueueError::Corrupt(cause) => {
+                tracing::error!(cause = %cause, "unexpected answer from the job queue");
+                ApiError::internal()
             }
         }
     }

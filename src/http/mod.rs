@@ -15,13 +15,47 @@ use std::sync::Arc;
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use athena_actors::distributed::flags::ClusterFlags;
+use athena_actors::distributed::{RedisQueue, WorkerHandle};
 use athena_actors::engine::Engine;
+use athena_actors::events::EventHub;
 
 use error::ApiError;
+
+/// The parts of a node the HTTP layer serves.
+#[derive(Clone)]
+pub struct Node {
+    pub engine: Engine,
+    /// The Redis queue, in distributed mode: submissions go there and status comes from it.
+    pub queue: Option<RedisQueue>,
+    /// The events clients stream: the engine's own hub in embedded mode, the events heard
+    /// from every worker over Redis in distributed mode.
+    pub events: EventHub,
+    pub cluster_flags: Option<ClusterFlags>,
+    /// This node's consumer of the Redis queue, when it runs jobs from it.
+    pub worker: Option<Arc<WorkerHandle>>,
+    /// Whether the node serves the API (a worker node serves `/metrics` and `/readyz` only).
+    pub api: bool,
+}
+
+impl Node {
+    /// One process doing everything, with no Redis.
+    pub fn embedded(engine: Engine) -> Node {
+        Node {
+            events: engine.events.clone(),
+            engine,
+            queue: None,
+            cluster_flags: None,
+            worker: None,
+            api: true,
+        }
+    }
+}
 
 /// What every handler can reach.
 pub struct AppState {
     pub engine: Engine,
+    pub node: Node,
     pub max_body_bytes: usize,
     /// Set when shutdown begins, so `/readyz` turns traffic away first.
     pub draining: Arc<AtomicBool>,
@@ -36,6 +70,7 @@ pub const ROUTES: &[&str] = &[
     "/api/status",
     "/api/analysis/submit",
     "/api/analysis/status/{id}",
+    "/api/analysis/{id}/events",
     "/api/flags",
     "/api/flags/audit",
     "/api/flags/{name}",
@@ -65,11 +100,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
         .route("/api/status", web::get().to(admin::status))
         .route("/api/analysis/submit", web::post().to(analysis::submit))
         .route("/api/analysis/status/{id}", web::get().to(analysis::status))
+        .route("/api/analysis/{id}/events", web::get().to(analysis::events))
         .route("/api/flags", web::get().to(admin::list_flags))
         .route("/api/flags/audit", web::get().to(admin::flag_audit))
         .route("/api/flags/{name}", web::put().to(admin::set_flag))
         .route("/api/admin/pools/{service}", web::put().to(admin::resize_pool))
         .route("/api/admin/breakers/{provider}", web::post().to(admin::control_breaker));
+}
+
+/// The routes of a worker node: readiness and metrics, nothing that takes work.
+pub fn configure_worker(cfg: &mut web::ServiceConfig) {
+    cfg.route("/readyz", web::get().to(admin::readyz))
+        .route("/metrics", web::get().to(admin::metrics));
 }
 
 /// The OpenAPI document of every route above, kept beside the code in `docs/openapi.json`.
@@ -83,11 +125,12 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("not_found", "no such route"))
 }
 
-/// A running HTTP server and the engine behind it.
+/// A running HTTP server and the node behind it.
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub handle: ServerHandle,
     pub engine: Engine,
+    pub node: Node,
     pub draining: Arc<AtomicBool>,
     task: actix_rt::task::JoinHandle<std::io::Result<()>>,
 }
@@ -98,32 +141,49 @@ impl RunningServer {
         self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// Turns readiness off, stops the HTTP side, and lets accepted jobs finish.
+    /// Turns readiness off, stops the HTTP side, and lets accepted jobs finish. A worker
+    /// stops reading the queue first; what it cannot finish in time is taken over by another
+    /// worker once its lease runs out.
     pub async fn shutdown(&self, grace: std::time::Duration) -> usize {
         self.draining.store(true, Ordering::Relaxed);
         self.handle.stop(true).await;
-        self.engine.shutdown(grace).await
+        let left = match &self.node.worker {
+            Some(worker) => worker.shutdown(grace).await,
+            None => 0,
+        };
+        left + self.engine.shutdown(grace).await
     }
 }
 
 /// Binds the listener and starts serving on the current actix system.
 pub fn bind(
-    engine: Engine,
+    node: Node,
     listener: TcpListener,
     workers: usize,
     max_body_bytes: usize,
 ) -> std::io::Result<RunningServer> {
     let addr = listener.local_addr()?;
     let draining = Arc::new(AtomicBool::new(false));
+    let engine = node.engine.clone();
+    let api = node.api;
     let state = web::Data::new(AppState {
         engine: engine.clone(),
+        node: node.clone(),
         max_body_bytes,
         draining: draining.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .configure(|cfg| configure(cfg, max_body_bytes))
+            .configure(
+                |cfg| {
+                    if api {
+                        configure(cfg, max_body_bytes)
+                    } else {
+                        configure_worker(cfg)
+                    }
+                },
+            )
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -132,5 +192,5 @@ pub fn bind(
     .run();
     let handle = server.handle();
     let task = actix_rt::spawn(server);
-    Ok(RunningServer { addr, handle, engine, draining, task })
+    Ok(RunningServer { addr, handle, engine, node, draining, task })
 }

@@ -1,6 +1,8 @@
 //! Test helpers: a real server on port 0 driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -31,9 +33,15 @@ pub fn config(env: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> config::
 
 impl TestServer {
     pub async fn start(loaded: config::Loaded) -> TestServer {
-        let server = athena::start(&loaded).expect("server starts");
+        TestServer::start_node(loaded, athena::Role::All).await
+    }
+
+    /// A node in the given role (see [`athena::Role`]).
+    pub async fn start_node(loaded: config::Loaded, role: athena::Role) -> TestServer {
+        let server = athena::start_node(&loaded, role, athena_actors::clock::system())
+            .expect("server starts");
         let base = format!("http://{}", server.addr);
-        let events = server.engine.events.subscribe();
+        let events = server.node.events.subscribe();
         TestServer { server, base, client: reqwest::Client::new(), events }
     }
 
@@ -44,7 +52,7 @@ impl TestServer {
     ) -> TestServer {
         let server = athena::start_with_clock(&loaded, clock).expect("server starts");
         let base = format!("http://{}", server.addr);
-        let events = server.engine.events.subscribe();
+        let events = server.node.events.subscribe();
         TestServer { server, base, client: reqwest::Client::new(), events }
     }
 

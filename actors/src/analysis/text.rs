@@ -99,7 +99,7 @@ pub fn mostly_printable(s: &str, percent: usize) -> bool {
 /// Interprets decoded bytes (from base64, say) as text when they clearly are text: UTF-8 or
 /// UTF-16LE (how PowerShell encodes commands), at least 95 % printable.
 pub fn bytes_as_text(bytes: &[u8]) -> Option<String> {
-    if bytes.len() >= 4 && bytes.len() % 2 == 0 && looks_utf16le(bytes) {
+    if bytes.len() >= 4 && bytes.len().is_multiple_of(2) && looks_utf16le(bytes) {
         let units: Vec<u16> =
             bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
         let s = String::from_utf16(&units).ok()?;

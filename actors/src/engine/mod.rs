@@ -17,6 +17,8 @@ use crate::breaker::{AdminAction, BreakerSnapshot};
 use crate::bulkhead::{Bulkhead, BulkheadConfig, BulkheadObserver};
 use crate::cache::{CacheActor, CacheStats, MemoryTier};
 use crate::clock::SharedClock;
+use crate::distributed::cache_tier::RedisTier;
+use crate::distributed::Redis;
 use crate::error::SubmitError;
 use crate::events::EventHub;
 use crate::flags::{FlagError, FlagsActor, Subscribe};
@@ -129,6 +131,7 @@ pub struct Engine {
     memory_tier: MemoryTier,
     providers: Arc<Vec<ProviderSummary>>,
     started: Instant,
+    redis: Option<Redis>,
 }
 
 fn bulkhead(service: &str, config: &BulkheadConfig, telemetry: &Telemetry) -> Bulkhead {
@@ -153,6 +156,17 @@ impl Engine {
         layers: &FlagLayers,
         clock: SharedClock,
     ) -> Result<Engine, StartError> {
+        Engine::start_with_redis(config, layers, clock, None)
+    }
+
+    /// [`Engine::start`] for a node of a fleet: the result cache gets a Redis tier behind
+    /// the memory tier.
+    pub fn start_with_redis(
+        config: &EngineConfig,
+        layers: &FlagLayers,
+        clock: SharedClock,
+        redis: Option<Redis>,
+    ) -> Result<Engine, StartError> {
         config.validate()?;
         let provider_names: Vec<String> = config.providers.keys().cloned().collect();
         let known =
@@ -171,13 +185,25 @@ impl Engine {
         let memory_tier = MemoryTier::new(&config.cache);
         let board = BreakerBoard::with_clock(clock.clone());
 
+        // Every node of a fleet reads and writes the shared tier; its breaker lets a node
+        // serve from memory while Redis is away and try Redis again by itself.
+        let redis_tier = redis.as_ref().map(|redis| {
+            RedisTier::new(
+                redis.clone(),
+                config.cache.ttl,
+                RedisTier::default_breaker(),
+                clock.clone(),
+                telemetry.clone(),
+            )
+        });
         let cache = {
             let (tier, t) = (memory_tier.clone(), telemetry.clone());
+            let redis_tier = redis_tier.clone();
             supervisor(
                 "cache",
                 &config.services.cache,
                 &telemetry,
-                Arc::new(move |_| CacheActor::new(tier.clone(), t.clone())),
+                Arc::new(move |_| CacheActor::new(tier.clone(), redis_tier.clone(), t.clone())),
             )
         };
         let static_analysis = {
@@ -270,6 +296,7 @@ impl Engine {
             memory_tier,
             providers: Arc::new(summaries),
             started: Instant::now(),
+            redis,
         })
     }
 
@@ -277,8 +304,23 @@ impl Engine {
         self.router.send(SubmitJob(spec)).await.unwrap_or(Err(SubmitError::ShuttingDown))
     }
 
+    /// [`Engine::submit`] under an idempotency key; answers the job and whether it is new.
+    pub async fn submit_idempotent(
+        &self,
+        key: String,
+        spec: JobSpec,
+    ) -> Result<(JobId, bool), SubmitError> {
+        let msg = crate::router::SubmitIdempotent { key, spec };
+        self.router.send(msg).await.unwrap_or(Err(SubmitError::ShuttingDown))
+    }
+
     pub fn job(&self, id: &JobId) -> Option<JobRecord> {
         self.store.get(id)
+    }
+
+    /// The node's Redis, in distributed mode.
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
     }
 
     pub fn uptime(&self) -> Duration {

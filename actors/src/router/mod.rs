@@ -77,7 +77,7 @@ impl WorkGroup {
 }
 
 /// How a run ended, for every job of its group.
-pub(crate) type RunOutcome = Result<(Arc<AnalysisReport>, bool), JobFailure>;
+pub type RunOutcome = Result<(Arc<AnalysisReport>, bool), JobFailure>;
 
 pub struct JobRouter {
     flags: Arc<FlagSet>,
@@ -87,6 +87,10 @@ pub struct JobRouter {
     telemetry: Telemetry,
     config: RouterConfig,
     in_flight: HashMap<WorkKey, Arc<WorkGroup>>,
+    /// Callers of [`ExecuteJob`] waiting for their job's outcome.
+    waiters: HashMap<JobId, tokio::sync::oneshot::Sender<RunOutcome>>,
+    /// `Idempotency-Key` values seen within retention, and the job each one created.
+    idempotency: HashMap<String, (JobId, Instant)>,
     active_jobs: usize,
     draining: bool,
 }
@@ -108,6 +112,8 @@ impl JobRouter {
             telemetry,
             config,
             in_flight: HashMap::new(),
+            waiters: HashMap::new(),
+            idempotency: HashMap::new(),
             active_jobs: 0,
             draining: false,
         }
@@ -136,6 +142,9 @@ impl JobRouter {
         for (id, submitted) in members {
             self.active_jobs = self.active_jobs.saturating_sub(1);
             let duration = submitted.elapsed();
+            if let Some(waiter) = self.waiters.remove(&id) {
+                let _ = waiter.send(outcome.clone());
+            }
             match &outcome {
                 Ok((report, from_cache)) => {
                     self.store.update(&id, |r| {
@@ -188,6 +197,8 @@ impl Actor for JobRouter {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         ctx.run_interval(SWEEP_EVERY, |act, _| {
+            let retention = act.config.retention;
+            act.idempotency.retain(|_, (_, at)| at.elapsed() < retention);
             let removed = act.store.sweep(act.config.retention, act.config.max_records);
             if removed > 0 {
                 tracing::debug!(removed, "swept finished job records past retention");
@@ -207,6 +218,68 @@ impl Handler<SubmitJob> for JobRouter {
     fn handle(&mut self, SubmitJob(spec): SubmitJob, ctx: &mut Self::Context) -> Self::Result {
         self.admit()?;
         let id = JobId::new();
+        self.start(id, spec, ctx);
+        Ok(id)
+    }
+}
+
+/// Submits a job under a client's idempotency key: the first submission with a key creates
+/// the job, later ones (within retention) answer that same job and `false`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(JobId, bool), SubmitError>")]
+pub struct SubmitIdempotent {
+    pub key: String,
+    pub spec: JobSpec,
+}
+
+impl Handler<SubmitIdempotent> for JobRouter {
+    type Result = Result<(JobId, bool), SubmitError>;
+
+    fn handle(&mut self, msg: SubmitIdempotent, ctx: &mut Self::Context) -> Self::Result {
+        if let Some((id, at)) = self.idempotency.get(&msg.key) {
+            if at.elapsed() < self.config.retention {
+                return Ok((*id, false));
+            }
+        }
+        self.admit()?;
+        let id = JobId::new();
+        self.idempotency.insert(msg.key, (id, Instant::now()));
+        self.start(id, msg.spec, ctx);
+        Ok((id, true))
+    }
+}
+
+/// Runs a job whose id was given elsewhere (a worker node running a job from the Redis
+/// queue) and answers its outcome once it finishes. The job passes through admission,
+/// single-flight and the stages exactly as a submitted one does.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<RunOutcome, SubmitError>")]
+pub struct ExecuteJob {
+    pub id: JobId,
+    pub spec: JobSpec,
+}
+
+impl Handler<ExecuteJob> for JobRouter {
+    type Result = ResponseFuture<Result<RunOutcome, SubmitError>>;
+
+    fn handle(
+        &mut self,
+        ExecuteJob { id, spec }: ExecuteJob,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        if let Err(err) = self.admit() {
+            return Box::pin(async move { Err(err) });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters.insert(id, tx);
+        self.start(id, spec, ctx);
+        Box::pin(async move { rx.await.map_err(|_| SubmitError::ShuttingDown) })
+    }
+}
+
+impl JobRouter {
+    /// Records a job as pending and runs it, or joins identical work already in flight.
+    fn start(&mut self, id: JobId, spec: JobSpec, ctx: &mut Context<Self>) {
         self.store.insert(JobRecord::pending(id, &spec));
         self.active_jobs += 1;
         self.telemetry.emit(TelemetryEvent::JobSubmitted);
@@ -215,9 +288,8 @@ impl Handler<SubmitJob> for JobRouter {
         if let Some(group) = self.in_flight.get(&key) {
             tracing::debug!(job = %id, work = %key, "joined identical work in flight");
             group.lock().push((id, Instant::now()));
-            return Ok(id);
+            return;
         }
-
         let group = Arc::new(WorkGroup::default());
         group.lock().push((id, Instant::now()));
         self.in_flight.insert(key.clone(), group.clone());
@@ -246,7 +318,6 @@ impl Handler<SubmitJob> for JobRouter {
         ctx.spawn(
             bounded.into_actor(self).map(move |outcome, act, _| act.finish(key, group, outcome)),
         );
-        Ok(id)
     }
 }
 

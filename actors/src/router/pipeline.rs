@@ -135,7 +135,11 @@ pub(crate) async fn run(run: Run) -> RunOutcome {
     if use_cache {
         progress.stage("cache", 5);
         let timer = StageTimer::start("cache", &telemetry, &flags);
-        let lookup = CacheGet { key: cache_key.clone(), memory: flags.enable_memory_cache };
+        let lookup = CacheGet {
+            key: cache_key.clone(),
+            memory: flags.enable_memory_cache,
+            redis: flags.enable_redis_cache,
+        };
         match services.cache.send(Dispatch::new(lookup)).await {
             Ok(Ok(Some(report))) => {
                 timer.done("hit");
@@ -175,8 +179,12 @@ pub(crate) async fn run(run: Run) -> RunOutcome {
     // A degraded AI result is not cached: a provider that was down a minute ago must get its
     // chance on the next submission instead of the gap being served for the whole TTL.
     if use_cache && ai.cacheable {
-        let put =
-            CachePut { key: cache_key, report: report.clone(), memory: flags.enable_memory_cache };
+        let put = CachePut {
+            key: cache_key,
+            report: report.clone(),
+            memory: flags.enable_memory_cache,
+            redis: flags.enable_redis_cache,
+        };
         if let Err(err) = services.cache.send(Dispatch::new(put)).await {
             tracing::debug!(cause = %err, "cache write skipped");
         }

@@ -1,22 +1,15 @@
-//! The result cache: reports keyed by the work that produced them.
+//! The memory tier of the result cache: a bounded TinyLFU cache (moka) shared by the workers.
 //!
-//! A report depends only on the sample's bytes and what was asked of them, so the key is the
-//! work key (SHA-256, analysis type, depth, preferred model) and an identical resubmission is
-//! answered without running a stage. The memory tier is a bounded TinyLFU cache (moka): a TTL
-//! so stale verdicts age out as analyzers improve, and a byte budget so a burst of large
-//! reports cannot grow the process without bound. [`CacheActor`]s are the workers of the
-//! `cache` service and share one memory tier.
+//! A TTL so stale verdicts age out as analyzers improve, and a byte budget so a burst of large
+//! reports cannot grow the process without bound.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::report::AnalysisReport;
-use crate::supervisor::{Retire, WorkerBook};
-use crate::telemetry::{Telemetry, TelemetryEvent};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -106,86 +99,6 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// Worker of the `cache` service.
-pub struct CacheActor {
-    memory: MemoryTier,
-    telemetry: Telemetry,
-    book: WorkerBook,
-}
-
-impl CacheActor {
-    pub fn new(memory: MemoryTier, telemetry: Telemetry) -> Self {
-        CacheActor { memory, telemetry, book: WorkerBook::new("cache") }
-    }
-}
-
-impl Actor for CacheActor {
-    type Context = Context<Self>;
-}
-
-impl Supervised for CacheActor {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        self.book.restarted(&self.telemetry);
-    }
-}
-
-/// Looks a report up. `memory` carries the `enable_memory_cache` flag of the asking job.
-#[derive(Debug, Message)]
-#[rtype(result = "Option<Arc<AnalysisReport>>")]
-pub struct CacheGet {
-    pub key: String,
-    pub memory: bool,
-}
-
-impl Handler<CacheGet> for CacheActor {
-    type Result = Option<Arc<AnalysisReport>>;
-
-    fn handle(&mut self, msg: CacheGet, _: &mut Self::Context) -> Self::Result {
-        if !msg.memory {
-            return None;
-        }
-        let found = self.memory.get(&msg.key);
-        let result = if found.is_some() { "hit" } else { "miss" };
-        self.telemetry.emit(TelemetryEvent::CacheRequest { tier: "memory", result });
-        found
-    }
-}
-
-/// Stores a report.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct CachePut {
-    pub key: String,
-    pub report: Arc<AnalysisReport>,
-    pub memory: bool,
-}
-
-impl Handler<CachePut> for CacheActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: CachePut, _: &mut Self::Context) {
-        if msg.memory {
-            self.memory.put(msg.key, msg.report);
-            self.telemetry.emit(TelemetryEvent::CacheRequest { tier: "memory", result: "write" });
-        }
-    }
-}
-
-/// Nothing this worker does depends on flags: each request carries what it needs.
-impl Handler<crate::flags::FlagsChanged> for CacheActor {
-    type Result = ();
-
-    fn handle(&mut self, _: crate::flags::FlagsChanged, _: &mut Self::Context) {}
-}
-
-impl Handler<Retire> for CacheActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
-        self.book.retire(ctx);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,20 +127,5 @@ mod tests {
         let stats = tier.stats();
         assert!(stats.weighted_bytes <= 100_000, "{stats:?}");
         assert!(stats.entries < 200, "{stats:?}");
-    }
-
-    #[actix_rt::test]
-    async fn flag_off_bypasses_the_memory_tier() {
-        let tier = MemoryTier::new(&CacheConfig::default());
-        let actor = CacheActor::new(tier.clone(), Telemetry::disabled()).start();
-        let report = Arc::new(AnalysisReport::default());
-        actor
-            .send(CachePut { key: "a".into(), report: report.clone(), memory: false })
-            .await
-            .unwrap();
-        assert!(actor.send(CacheGet { key: "a".into(), memory: true }).await.unwrap().is_none());
-        actor.send(CachePut { key: "a".into(), report, memory: true }).await.unwrap();
-        assert!(actor.send(CacheGet { key: "a".into(), memory: false }).await.unwrap().is_none());
-        assert!(actor.send(CacheGet { key: "a".into(), memory: true }).await.unwrap().is_some());
     }
 }

@@ -1,0 +1,377 @@
+//! Distributed mode against real Redis: API and worker nodes in this process and as
+//! separate `athena worker` processes, a killed worker, a killed Redis, a poison job, and
+//! flags and cache shared between nodes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use athena::config::Loaded;
+use athena::Role;
+use athena_actors::distributed::QueueBackend;
+use base64::Engine as _;
+use common::redis::{cleanup, connect, shared_url, unique_prefix, OwnRedis};
+use common::TestServer;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// A node of a fleet on `url` under `prefix`, with leases and retries short enough for tests.
+fn fleet(url: &str, prefix: &str, tweak: impl FnOnce(&mut athena::config::Config)) -> Loaded {
+    common::config(&[], |c| {
+        c.queue.backend = QueueBackend::Redis;
+        c.redis.url = url.to_string();
+        c.redis.key_prefix = prefix.to_string();
+        c.redis.command_timeout = Duration::from_millis(500);
+        c.redis.connect_timeout = Duration::from_millis(500);
+        c.queue.lease = Duration::from_secs(2);
+        c.queue.block = Duration::from_millis(200);
+        c.queue.retry_backoff = Duration::from_millis(50);
+        c.queue.retry_max_backoff = Duration::from_millis(200);
+        tweak(c);
+    })
+}
+
+/// An `athena worker` process; killed with SIGKILL when dropped.
+struct WorkerProcess(Child);
+
+impl WorkerProcess {
+    fn spawn(url: &str, prefix: &str) -> WorkerProcess {
+        let child = Command::new(env!("CARGO_BIN_EXE_athena"))
+            .args(["worker", "--bind", "127.0.0.1:0"])
+            .env("ATHENA__QUEUE__BACKEND", "redis")
+            .env("ATHENA__REDIS__URL", url)
+            .env("ATHENA__REDIS__KEY_PREFIX", prefix)
+            .env("ATHENA__QUEUE__LEASE", "2s")
+            .env("ATHENA__QUEUE__BLOCK", "200ms")
+            .env("ATHENA__QUEUE__PREFETCH", "64")
+            .env("ATHENA__LOG__LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("athena worker starts");
+        WorkerProcess(child)
+    }
+
+    /// SIGKILL: no shutdown, no acknowledgement, leases left to run out.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn job_body(bytes: &[u8]) -> Value {
+    json!({
+        "fileName": "sample.txt",
+        "fileContent": base64::engine::general_purpose::STANDARD.encode(bytes),
+        "analysisType": "static",
+    })
+}
+
+/// Submits `n` distinct small samples, 32 at a time; answers their ids.
+async fn submit_many(node: &TestServer, n: usize, tag: &str) -> Vec<String> {
+    let bodies: Vec<Value> =
+        (0..n).map(|i| job_body(format!("{tag} sample number {i}").as_bytes())).collect();
+    let results: Vec<(u16, Value)> = futures_util::stream::iter(bodies)
+        .map(|body| node.post("/api/analysis/submit", body))
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 201, "{body}");
+            body["analysisId"].as_str().expect("an id").to_string()
+        })
+        .collect()
+}
+
+/// Counts the final events published on the fleet's event channel, per job.
+async fn count_final_events(
+    url: &str,
+    prefix: &str,
+) -> tokio::sync::watch::Receiver<HashMap<String, usize>> {
+    let client = redis::Client::open(url).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.expect("subscribe");
+    pubsub.subscribe(format!("{prefix}events")).await.expect("subscribe");
+    let (tx, rx) = tokio::sync::watch::channel(HashMap::new());
+    actix_rt::spawn(async move {
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let payload: String = message.get_payload().unwrap_or_default();
+            let events: Vec<Value> = serde_json::from_str(&payload).unwrap_or_default();
+            for event in events {
+                if matches!(event["type"].as_str(), Some("complete" | "error")) {
+                    let id = event["analysisId"].as_str().unwrap_or_default().to_string();
+                    tx.send_modify(|seen| *seen.entry(id).or_default() += 1);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until every job has a record in a final state; answers the records.
+async fn wait_all_finished(node: &TestServer, ids: &[String], limit: Duration) -> Vec<Value> {
+    let wait = async {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            loop {
+                let (status, record) = node.get(&format!("/api/analysis/status/{id}")).await;
+                if status == 200
+                    && matches!(record["status"].as_str(), Some("completed" | "failed"))
+                {
+                    records.push(record);
+                    break;
+                }
+                // Polling a record in another process's hands: the interval is not a timing
+                // assumption, only how often to look.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        records
+    };
+    tokio::time::timeout(limit, wait).await.expect("every accepted job finishes")
+}
+
+#[actix_rt::test]
+async fn a_worker_killed_mid_run_loses_no_job_and_runs_none_twice() {
+    const JOBS: usize = 2000;
+    let (url, prefix) = (shared_url(), unique_prefix("sigkill"));
+    let finals = count_final_events(&url, &prefix).await;
+    let api = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+    let mut doomed = WorkerProcess::spawn(&url, &prefix);
+    let _survivor = WorkerProcess::spawn(&url, &prefix);
+
+    let ids = submit_many(&api, JOBS, "sigkill").await;
+    // Kill one worker once the run is well under way, while it holds deliveries.
+    let mut seen = finals.clone();
+    tokio::time::timeout(Duration::from_secs(120), seen.wait_for(|m| m.len() >= JOBS / 4))
+        .await
+        .expect("jobs are being processed")
+        .expect("event counter alive");
+    doomed.kill();
+
+    let records = wait_all_finished(&api, &ids, Duration::from_secs(180)).await;
+    assert!(records.iter().all(|r| r["status"] == "completed"), "every job completes");
+
+    let mut conn = connect(&url).await;
+    let mut redelivered = 0;
+    for id in &ids {
+        let (runs, deliveries, finished): (u32, u32, Option<String>) = redis::cmd("HMGET")
+            .arg(format!("{prefix}job:{id}"))
+            .arg("runs")
+            .arg("deliveries")
+            .arg("finished")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(finished.as_deref(), Some("1"), "job {id} has its result stored");
+        assert!(runs <= 2, "job {id} ran {runs} times");
+        if deliveries > 1 {
+            redelivered += 1;
+        }
+    }
+    assert!(redelivered > 0, "the killed worker's deliveries were taken over");
+    assert!(redelivered <= 64, "only what the killed worker held was redelivered");
+    let stream_len: u64 =
+        redis::cmd("XLEN").arg(format!("{prefix}jobs")).query_async(&mut conn).await.unwrap();
+    assert_eq!(stream_len, 0, "acknowledged entries are deleted: the stream is empty");
+
+    // Each job's final event went out once: its result was stored once.
+    let seen = finals.borrow().clone();
+    assert_eq!(seen.len(), JOBS);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "jobs finished more than once: {twice:?}");
+    api.server.shutdown(Duration::from_secs(1)).await;
+    cleanup(&url, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn redis_killed_mid_run_loses_no_accepted_job_and_everything_resumes() {
+    let mut redis = OwnRedis::start();
+    let prefix = unique_prefix("outage");
+    let node = TestServer::start_node(fleet(&redis.url(), &prefix, |_| {}), Role::All).await;
+    let ids = submit_many(&node, 300, "outage").await;
+
+    redis.kill();
+    let (status, body) = node.post("/api/analysis/submit", job_body(b"during the outage")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "queue_unavailable");
+    let (status, ready) = node.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(ready["reason"].as_str().unwrap_or_default().contains("redis"), "{ready}");
+    let (_, health) = node.get("/api/health").await;
+    assert_eq!(health["redis"]["status"], "down");
+
+    redis.restart();
+    let records = wait_all_finished(&node, &ids, Duration::from_secs(120)).await;
+    assert!(records.iter().all(|r| r["status"] == "completed"), "no accepted job is lost");
+
+    let back = async {
+        loop {
+            if node.get("/readyz").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), back).await.expect("ready again");
+    let after = submit_many(&node, 5, "after the outage").await;
+    wait_all_finished(&node, &after, Duration::from_secs(30)).await;
+    node.server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[actix_rt::test]
+async fn a_poison_job_is_dead_lettered_and_the_queue_keeps_moving() {
+    let (url, prefix) = (shared_url(), unique_prefix("poison"));
+    let node =
+        TestServer::start_node(fleet(&url, &prefix, |c| c.queue.max_deliveries = 3), Role::All)
+            .await;
+    let mut poison = athena_actors::static_analyzer::POISON_SAMPLE.to_vec();
+    poison.extend_from_slice(b" and then some");
+    let (status, body) = node.post("/api/analysis/submit", job_body(&poison)).await;
+    assert_eq!(status, 201);
+    let poison_id = body["analysisId"].as_str().unwrap().to_string();
+    let healthy = submit_many(&node, 20, "healthy").await;
+
+    let records = wait_all_finished(&node, &healthy, Duration::from_secs(60)).await;
+    assert!(records.iter().all(|r| r["status"] == "completed"));
+    let failed =
+        wait_all_finished(&node, std::slice::from_ref(&poison_id), Duration::from_secs(60))
+            .await
+            .remove(0);
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["code"], "dead_lettered", "{failed}");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("3 deliveries"), "{failed}");
+
+    let mut conn = connect(&url).await;
+    let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(format!("{prefix}dead"))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["id"], poison_id);
+    assert_eq!(dead[0].1["deliveries"], "3");
+    assert!(dead[0].1["reason"].contains("static_analysis_failed"), "{:?}", dead[0].1);
+    let (_, status) = node.get("/api/status").await;
+    assert_eq!(status["queue"]["stats"]["deadLetters"], 1);
+    node.server.shutdown(Duration::from_secs(1)).await;
+    cleanup(&url, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn flags_and_cached_results_are_shared_between_nodes() {
+    let (url, prefix) = (shared_url(), unique_prefix("shared"));
+    let a = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::All).await;
+    let b = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+
+    let (status, _) = a.put("/api/flags/enable_advanced_analysis", json!({"value": false})).await;
+    assert_eq!(status, 200);
+    let seen = async {
+        loop {
+            let (_, flags) = b.get("/api/flags").await;
+            if flags["flags"]["enable_advanced_analysis"] == false {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), seen).await.expect("node b sees the change");
+
+    // A node that starts later reads the flags already set.
+    let c = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+    let later = async {
+        loop {
+            let (_, flags) = c.get("/api/flags").await;
+            if flags["flags"]["enable_advanced_analysis"] == false {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), later).await.expect("node c reads it");
+
+    // A result computed by node a's worker is served from the Redis tier to a new worker
+    // whose memory tier has never seen it.
+    let sample = b"shared between nodes: eval(atob('YWxlcnQoMSk='))";
+    let (status, body) = b.post("/api/analysis/submit", job_body(sample)).await;
+    assert_eq!(status, 201);
+    let id = body["analysisId"].as_str().unwrap().to_string();
+    let first = wait_all_finished(&b, std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    assert_eq!(first[0]["fromCache"], false);
+    a.server.shutdown(Duration::from_secs(1)).await;
+
+    let d = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::All).await;
+    let (_, body) = d.post("/api/analysis/submit", job_body(sample)).await;
+    let id = body["analysisId"].as_str().unwrap().to_string();
+    let second = wait_all_finished(&d, std::slice::from_ref(&id), Duration::from_secs(30)).await;
+    assert_eq!(second[0]["fromCache"], true, "{}", second[0]);
+    assert_eq!(second[0]["results"], first[0]["results"]);
+    d.server.shutdown(Duration::from_secs(1)).await;
+    cleanup(&url, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn an_idempotency_key_returns_the_same_job_across_api_nodes() {
+    let (url, prefix) = (shared_url(), unique_prefix("idem"));
+    let a = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+    let b = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+    let send = |node: &TestServer, key: &str, bytes: &'static [u8]| {
+        node.client
+            .post(node.url("/api/analysis/submit"))
+            .header("Idempotency-Key", key)
+            .json(&job_body(bytes))
+            .send()
+    };
+    let first = send(&a, "order-42", b"first body").await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send(&b, "order-42", b"a retried body").await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["analysisId"], again["analysisId"]);
+    let other: Value = send(&a, "order-43", b"first body").await.unwrap().json().await.unwrap();
+    assert_ne!(other["analysisId"], first["analysisId"]);
+    let bad = send(&a, "spaces are not allowed", b"x").await.unwrap();
+    assert_eq!(bad.status(), 400);
+    cleanup(&url, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn a_node_starts_while_redis_is_down_and_joins_when_it_comes_up() {
+    let mut redis = OwnRedis::start();
+    redis.kill();
+    let prefix = unique_prefix("late-redis");
+    let node = TestServer::start_node(fleet(&redis.url(), &prefix, |_| {}), Role::All).await;
+    let (status, body) = node.post("/api/analysis/submit", job_body(b"too early")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(node.get("/readyz").await.0, 503);
+
+    redis.restart();
+    let accepted = async {
+        loop {
+            let (status, body) = node.post("/api/analysis/submit", job_body(b"in time")).await;
+            if status == 201 {
+                break body["analysisId"].as_str().unwrap().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let id = tokio::time::timeout(Duration::from_secs(10), accepted).await.expect("accepted");
+    let done = wait_all_finished(&node, &[id], Duration::from_secs(30)).await;
+    assert_eq!(done[0]["status"], "completed");
+    node.server.shutdown(Duration::from_secs(1)).await;
+}
