@@ -335,21 +335,32 @@ pub async fn events(
     let first = final_event(&record).map(|e| sse_frame(&e));
     let finished = first.is_some();
     let initial = futures_util::stream::iter(first.map(Ok::<_, actix_web::Error>));
-    let live = futures_util::stream::unfold((rx, finished), move |(mut rx, done)| async move {
-        if done {
-            return None;
-        }
-        loop {
-            match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-                Err(_) => {
-                    return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), (rx, false)))
-                }
-                Ok(Ok(event)) if event.analysis_id == id => {
-                    let last = event.is_final();
-                    return Some((Ok(sse_frame(&event)), (rx, last)));
-                }
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
-                Ok(Err(RecvError::Closed)) => return None,
+    let live = futures_util::stream::unfold((rx, finished), move |(mut rx, done)| {
+        let state = state.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                let next = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+                    Err(_) => web::Bytes::from_static(b": keep-alive\n\n"),
+                    Ok(Ok(event)) if event.analysis_id == id => {
+                        let last = event.is_final();
+                        // A fleet's final event carries no result: it is in the record,
+                        // stored before the event was sent.
+                        let event = match event.data {
+                            None if last => match lookup(&state, &id).await {
+                                Ok(Some(record)) => final_event(&record).unwrap_or(event),
+                                _ => event,
+                            },
+                            _ => event,
+                        };
+                        return Some((Ok(sse_frame(&event)), (rx, last)));
+                    }
+                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
+                    Ok(Err(RecvError::Closed)) => return None,
+                };
+                return Some((Ok(next), (rx, false)));
             }
         }
     });

@@ -2,16 +2,16 @@
 //!
 //! | key | type | holds | expires |
 //! |---|---|---|---|
-//! | `jobs` | stream | one entry per queued delivery (`id` field) | entries deleted when acknowledged |
+//! | `jobs` | stream | one entry per delivery to make (`id` field) | deleted when acknowledged |
 //! | `dead` | stream | jobs past their delivery limit, with the reason | trimmed to a length |
-//! | `delayed` | sorted set | jobs waiting to be retried, scored by due time (ms) | members leave when due |
-//! | `job:{id}` | hash | `spec`, `record`, `deliveries`, `runs`, `submitted` | retention after finishing |
+//! | `delayed` | sorted set | jobs waiting for a retry, scored by due time (ms) | when due |
+//! | `job:{id}` | hash | `spec`, `record`, `status`, `deliveries`, `runs` | retention, once finished |
 //! | `lock:{id}` | string | the consumer running the job | the lease, extended while running |
-//! | `sample:{sha256}` | string | the sample's bytes | `queue.sample_ttl`, renewed per submission |
+//! | `sample:{sha256}` | string | the sample's bytes | `queue.sample_ttl`, renewed |
 //! | `idem:{key}` | string | the job id an `Idempotency-Key` created | retention |
 //! | `cache:{work key}` | string | format byte + bincode report | `cache.ttl` |
 //! | `flags` | hash | flag name → JSON value | never |
-//! | `events`, `flags:changed` | channels | job events, changed flag names | - |
+//! | `events`, `flags:changed`, `pools` | channels | job events, flag names, pool sizes | - |
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -70,6 +70,10 @@ impl Keys {
 
     pub fn flags_channel(&self) -> String {
         format!("{}flags:changed", self.prefix)
+    }
+
+    pub fn pools_channel(&self) -> String {
+        format!("{}pools", self.prefix)
     }
 
     pub fn events_channel(&self) -> String {

@@ -6,7 +6,8 @@
 //! | [`conn`] | the Redis client: multiplexed connections that reconnect by themselves, health |
 //! | [`keys`] | every key name, under one configurable prefix |
 //! | [`queue`] | the API side: samples, job records, idempotency keys, enqueueing, status |
-//! | [`worker`] | the worker side: consumer group reads, leases, retries, dead letters |
+//! | [`worker`] | the worker side: consumer group reads, reclaims, leases, retry promotion |
+//! | `delivery` | one delivery: claim, run through the router, finish, retry or dead-letter |
 //! | [`scripts`] | the Lua scripts that make a delivery's claim and a job's finish atomic |
 //! | [`events`] | job events across nodes over pub/sub |
 //! | [`flags`] | flags stored in a hash and propagated over a change channel |
@@ -30,6 +31,7 @@
 
 pub mod cache_tier;
 pub mod conn;
+mod delivery;
 pub mod events;
 pub mod flags;
 pub mod keys;

@@ -1,5 +1,8 @@
 //! The Lua scripts of the job queue.
 //!
+//! Claims and finishes work on batches: one call settles every job a worker has ready, so
+//! Redis pays one script call per batch rather than per job.
+//!
 //! Each one is a step that must not be seen half done by another node: an enqueue must not
 //! leave a stream entry without its job hash, a claim must not count a delivery without
 //! taking the run lock, a finish must not acknowledge an entry whose result was not stored.
@@ -33,62 +36,90 @@ return {1, ARGV[2]}
     )
 });
 
-/// KEYS: job hash, run lock. ARGV: consumer, lease ms, max deliveries.
-/// Answers `{verdict, deliveries, spec, record, last error}` where verdict is `run`,
-/// `missing` (the job hash is gone), `finished` (a result is stored: never run twice),
-/// `locked` (another live worker runs it) or `exhausted` (past the delivery limit).
+/// Claims a batch of deliveries. KEYS: job hash and run lock of each job, in pairs.
+/// ARGV: consumer, lease ms, max deliveries.
+/// Answers five values per job: verdict, deliveries, spec, record, last error. The verdict
+/// is `run`, `missing` (the job hash is gone), `finished` (a result is stored: never run
+/// twice), `locked` (another live worker runs it) or `exhausted` (past the delivery limit).
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local spec = redis.call('HGET', KEYS[1], 'spec')
-if not spec then return {'missing', '0', '', '', ''} end
-if redis.call('HEXISTS', KEYS[1], 'finished') == 1 then
-  return {'finished', '0', '', '', ''}
+local out = {}
+local function answer(...)
+  for _, v in ipairs({...}) do out[#out + 1] = v end
 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return {'locked', '0', '', '', holder} end
-local deliveries = redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-local record = redis.call('HGET', KEYS[1], 'record') or ''
-local last = redis.call('HGET', KEYS[1], 'lastError') or ''
-if deliveries > tonumber(ARGV[3]) then
-  return {'exhausted', tostring(deliveries), spec, record, last}
+for i = 1, #KEYS / 2 do
+  local job, lock = KEYS[2 * i - 1], KEYS[2 * i]
+  local h = redis.call('HMGET', job, 'spec', 'finished', 'record', 'lastError')
+  local spec = h[1]
+  if not spec then
+    answer('missing', '0', '', '', '')
+  elseif h[2] then
+    answer('finished', '0', '', '', '')
+  else
+    local holder = redis.call('GET', lock)
+    if holder and holder ~= ARGV[1] then
+      answer('locked', '0', '', '', holder)
+    else
+      local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
+      local record = h[3] or ''
+      local last = h[4] or ''
+      if deliveries > tonumber(ARGV[3]) then
+        answer('exhausted', tostring(deliveries), spec, record, last)
+      else
+        redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
+        redis.call('HINCRBY', job, 'runs', 1)
+        redis.call('HSET', job, 'status', 'processing', 'worker', ARGV[1])
+        answer('run', tostring(deliveries), spec, record, last)
+      end
+    end
+  end
 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'runs', 1)
-redis.call('HSET', KEYS[1], 'status', 'processing', 'worker', ARGV[1])
-return {'run', tostring(deliveries), spec, record, last}
+return out
 "#,
     )
 });
 
-/// KEYS: job hash, run lock, stream, dead-letter stream.
-/// ARGV: entry id, group, record JSON, status, retention ms, events channel, event JSON,
-/// consumer, dead-letter reason ('' for none), deliveries, dead-letter length, job id.
-/// Stores the final record (first finisher only), publishes the final event with it,
-/// dead-letters when asked, releases the lock, acknowledges and deletes the entry.
-/// Answers 1 when this call finished the job, 0 when it was already finished.
+/// Settles a batch of finished jobs. KEYS: stream, dead-letter stream, then the job hash and
+/// run lock of each job, in pairs. ARGV: group, retention ms, events channel, consumer,
+/// dead-letter length, then seven per job: entry id ('' for none), record JSON, status, final
+/// event JSON, dead-letter reason ('' for none), deliveries, job id.
+/// For each job, the first finisher stores the record (with its retention) and, when asked,
+/// dead-letters it; every call releases the job's lock and acknowledges and deletes its
+/// entry. The final events of the jobs this call finished go out in one message, after their
+/// records are stored. Answers 1 per job this call finished, 0 per job already finished.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local first = 0
-if redis.call('HEXISTS', KEYS[1], 'spec') == 1 then
-  first = redis.call('HSETNX', KEYS[1], 'finished', '1')
-  if first == 1 then
-    redis.call('HSET', KEYS[1], 'record', ARGV[3], 'status', ARGV[4])
-    redis.call('PEXPIRE', KEYS[1], ARGV[5])
-    if ARGV[9] ~= '' then
-      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[11], '*', 'id', ARGV[12],
-        'reason', ARGV[9], 'deliveries', ARGV[10])
+local events, firsts, entries = {}, {}, {}
+for i = 1, (#KEYS - 2) / 2 do
+  local job, lock = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local a = 5 + (i - 1) * 7
+  local first = 0
+  if redis.call('HEXISTS', job, 'spec') == 1 then
+    first = redis.call('HSETNX', job, 'finished', '1')
+    if first == 1 then
+      redis.call('HSET', job, 'record', ARGV[a + 2], 'status', ARGV[a + 3])
+      redis.call('PEXPIRE', job, ARGV[2])
+      if ARGV[a + 5] ~= '' then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'id', ARGV[a + 7],
+          'reason', ARGV[a + 5], 'deliveries', ARGV[a + 6])
+      end
+      events[#events + 1] = ARGV[a + 4]
     end
-    redis.call('PUBLISH', ARGV[6], ARGV[7])
   end
+  if redis.call('GET', lock) == ARGV[4] then redis.call('DEL', lock) end
+  if ARGV[a + 1] ~= '' then entries[#entries + 1] = ARGV[a + 1] end
+  firsts[i] = first
 end
-if redis.call('GET', KEYS[2]) == ARGV[8] then redis.call('DEL', KEYS[2]) end
-if ARGV[1] ~= '' then
-  redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
-  redis.call('XDEL', KEYS[3], ARGV[1])
+if #entries > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+  redis.call('XDEL', KEYS[1], unpack(entries))
 end
-return first
+if #events > 0 then
+  redis.call('PUBLISH', ARGV[3], '[' .. table.concat(events, ',') .. ']')
+end
+return firsts
 "#,
     )
 });

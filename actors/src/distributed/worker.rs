@@ -20,38 +20,38 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use actix::prelude::*;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisResult;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use super::queue::{finished, millis, JobEnvelope};
+use super::delivery::{acknowledge, claim_batch, deliver, finisher_loop, FinishRequest};
+use super::queue::millis;
 use super::{scripts, QueueConfig, Redis};
-use crate::error::SubmitError;
-use crate::events::JobEvent;
-use crate::job::{JobFailure, JobId, JobRecord};
-use crate::router::{ExecuteJob, JobRouter, RunOutcome};
+use crate::router::JobRouter;
 use crate::telemetry::{Telemetry, TelemetryEvent};
 
 /// The longest a loop waits after a Redis error before trying again.
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Everything the loops share.
-struct Shared {
-    redis: Redis,
-    config: QueueConfig,
+/// Everything the loops and the deliveries share.
+pub(super) struct Shared {
+    pub(super) redis: Redis,
+    pub(super) config: QueueConfig,
     /// How long a finished job's hash is kept.
-    retention: Duration,
-    router: Addr<JobRouter>,
-    telemetry: Telemetry,
-    consumer: String,
+    pub(super) retention: Duration,
+    pub(super) router: Addr<JobRouter>,
+    pub(super) telemetry: Telemetry,
+    pub(super) consumer: String,
     /// Deliveries this node is running: stream entry id to job id.
-    running: Mutex<HashMap<String, String>>,
+    pub(super) running: Mutex<HashMap<String, String>>,
     /// One permit per job this node may run at once.
-    slots: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
+    pub(super) slots: Arc<Semaphore>,
+    pub(super) stop: watch::Receiver<bool>,
+    /// Finished jobs go here to be settled in batches.
+    pub(super) finisher: mpsc::UnboundedSender<FinishRequest>,
 }
 
 /// Starts a node's consumer.
@@ -67,7 +67,9 @@ impl QueueWorker {
         telemetry: Telemetry,
     ) -> WorkerHandle {
         let (stop_tx, stop) = watch::channel(false);
+        let (finisher, finish_requests) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            finisher,
             consumer: consumer_name(),
             slots: Arc::new(Semaphore::new(config.prefetch)),
             redis,
@@ -83,6 +85,7 @@ impl QueueWorker {
             actix_rt::spawn(read_loop(shared.clone())),
             actix_rt::spawn(extend_loop(shared.clone())),
             actix_rt::spawn(promote_loop(shared.clone())),
+            actix_rt::spawn(finisher_loop(shared.clone(), finish_requests)),
         ];
         WorkerHandle { shared, stop: stop_tx, tasks: Mutex::new(tasks) }
     }
@@ -124,16 +127,16 @@ impl WorkerHandle {
 }
 
 impl Shared {
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    pub(super) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn stopped(&self) -> bool {
+    pub(super) fn stopped(&self) -> bool {
         *self.stop.borrow()
     }
 
     /// Sleeps for `wait`, or less when the worker is told to stop.
-    async fn pause(&self, wait: Duration) {
+    pub(super) async fn pause(&self, wait: Duration) {
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -141,7 +144,7 @@ impl Shared {
         }
     }
 
-    fn count(&self, outcome: &'static str) {
+    pub(super) fn count(&self, outcome: &'static str) {
         self.telemetry.emit(TelemetryEvent::QueueDelivery { outcome });
     }
 }
@@ -156,18 +159,18 @@ fn consumer_name() -> String {
 }
 
 /// A capped doubling wait for loops that met a Redis error.
-struct ErrorBackoff(Duration);
+pub(super) struct ErrorBackoff(Duration);
 
 impl ErrorBackoff {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         ErrorBackoff(Duration::from_millis(50))
     }
-    fn next(&mut self) -> Duration {
+    pub(super) fn next(&mut self) -> Duration {
         let wait = self.0;
         self.0 = (self.0 * 2).min(MAX_ERROR_BACKOFF);
         wait
     }
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.0 = Duration::from_millis(50);
     }
 }
@@ -249,10 +252,7 @@ async fn read_loop(shared: Arc<Shared>) {
             Ok(reply) => {
                 backoff.reset();
                 let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-                for entry in entries {
-                    let Some(slot) = slots.pop() else { break };
-                    start_delivery(&shared, entry, slot);
-                }
+                start_batch(&shared, entries.collect(), &mut slots);
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 tracing::warn!("the consumer group is gone (Redis lost its data); creating it");
@@ -266,279 +266,67 @@ async fn read_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Runs one delivery in the background, holding its slot until it is done.
-fn start_delivery(shared: &Arc<Shared>, entry: StreamId, slot: OwnedSemaphorePermit) {
-    let job = match entry.map.get("id").map(redis::from_redis_value_ref::<String>) {
-        Some(Ok(job)) => job,
-        _ => {
-            tracing::warn!(entry = %entry.id, "stream entry without a job id; dropping it");
-            let shared = shared.clone();
-            actix_rt::spawn(async move {
-                let _ = acknowledge(&shared, &entry.id).await;
-                drop(slot);
-            });
-            return;
+/// Claims a batch of entries and runs each claimed delivery in the background, holding one
+/// of `slots` until it is done.
+fn start_batch(
+    shared: &Arc<Shared>,
+    entries: Vec<StreamId>,
+    slots: &mut Vec<OwnedSemaphorePermit>,
+) {
+    let mut batch = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Some(slot) = slots.pop() else { break };
+        let job = match entry.map.get("id").map(redis::from_redis_value_ref::<String>) {
+            Some(Ok(job)) => job,
+            _ => {
+                tracing::warn!(entry = %entry.id, "stream entry without a job id; dropping it");
+                let shared = shared.clone();
+                actix_rt::spawn(async move {
+                    let _ = acknowledge(&shared, &entry.id).await;
+                    drop(slot);
+                });
+                continue;
+            }
+        };
+        // Already running here (taken over from ourselves): the first run finishes it.
+        if shared.running().insert(entry.id.clone(), job.clone()).is_none() {
+            batch.push((entry.id, job, slot));
         }
-    };
-    if shared.running().insert(entry.id.clone(), job.clone()).is_some() {
-        // Already running here (reclaimed from ourselves); the first run finishes it.
+    }
+    if batch.is_empty() {
         return;
     }
     let shared = shared.clone();
     actix_rt::spawn(async move {
-        deliver(&shared, &entry.id, &job).await;
-        shared.running().remove(&entry.id);
-        drop(slot);
-    });
-}
-
-async fn acknowledge(shared: &Shared, entry: &str) -> RedisResult<()> {
-    let keys = shared.redis.keys();
-    let mut pipe = redis::pipe();
-    pipe.cmd("XACK").arg(keys.stream()).arg(keys.group()).arg(entry).ignore();
-    pipe.cmd("XDEL").arg(keys.stream()).arg(entry).ignore();
-    shared.redis.pipe(&pipe).await
-}
-
-/// The claim script's answer.
-struct Claim {
-    verdict: String,
-    deliveries: u32,
-    spec: String,
-    record: String,
-    last_error: String,
-}
-
-async fn claim(shared: &Shared, job: &str) -> RedisResult<Claim> {
-    let keys = shared.redis.keys();
-    let mut invocation = scripts::CLAIM.prepare_invoke();
-    invocation
-        .key(keys.job(job))
-        .key(keys.lock(job))
-        .arg(&shared.consumer)
-        .arg(millis(shared.config.lease))
-        .arg(shared.config.max_deliveries);
-    let (verdict, deliveries, spec, record, last_error): (String, String, String, String, String) =
-        shared.redis.script(&invocation).await?;
-    Ok(Claim { verdict, deliveries: deliveries.parse().unwrap_or(0), spec, record, last_error })
-}
-
-/// Claims, runs and finishes one delivery. Redis errors are retried here until the delivery
-/// is settled one way or another, or the worker stops (then the lease hands it on).
-async fn deliver(shared: &Shared, entry: &str, job: &str) {
-    let mut backoff = ErrorBackoff::new();
-    let claim = loop {
-        match claim(shared, job).await {
-            Ok(c) => break c,
-            Err(e) if shared.stopped() => {
-                tracing::debug!(cause = %e, job, "claim abandoned at shutdown");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(cause = %e, job, "claim failed; retrying");
-                shared.pause(backoff.next()).await;
-            }
-        }
-    };
-    let settle = match claim.verdict.as_str() {
-        "missing" | "finished" => {
-            // Expired, or finished by an earlier delivery: only the entry is left to clear.
-            shared.count(if claim.verdict == "finished" { "duplicate" } else { "missing" });
-            Settle::Acknowledge
-        }
-        // Another live worker runs it; this delivery stays pending and is looked at again.
-        "locked" => return,
-        "exhausted" => {
-            let reason = if claim.last_error.is_empty() {
-                "the job was delivered too many times without finishing".to_string()
-            } else {
-                claim.last_error.clone()
-            };
-            let failure = JobFailure {
-                code: "dead_lettered".into(),
-                message: format!(
-                    "gave up after {} deliveries: {reason}",
-                    claim.deliveries.saturating_sub(1)
-                ),
-            };
-            Settle::Finish { outcome: Err(failure), dead: Some(reason) }
-        }
-        _ => run(shared, job, &claim).await,
-    };
-    loop {
-        let done = match &settle {
-            Settle::Acknowledge => acknowledge(shared, entry).await,
-            Settle::Finish { outcome, dead } => {
-                finish(shared, entry, job, &claim, outcome, dead.as_deref()).await
-            }
-            Settle::Retry { delay, error, counted } => {
-                retry(shared, entry, job, *delay, error, *counted).await
+        let ids: Vec<(String, String)> =
+            batch.iter().map(|(entry, job, _)| (entry.clone(), job.clone())).collect();
+        let mut backoff = ErrorBackoff::new();
+        let claims = loop {
+            match claim_batch(&shared, &ids).await {
+                Ok(claims) => break claims,
+                Err(e) if shared.stopped() => {
+                    // Unclaimed: the entries stay pending and their lease hands them on.
+                    tracing::debug!(cause = %e, "claims abandoned at shutdown");
+                    for (entry, _) in &ids {
+                        shared.running().remove(entry);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "claiming deliveries failed; retrying");
+                    shared.pause(backoff.next()).await;
+                }
             }
         };
-        match done {
-            Ok(()) => return,
-            Err(e) if shared.stopped() => {
-                tracing::debug!(cause = %e, job, "settling abandoned at shutdown");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(cause = %e, job, "storing the outcome failed; retrying");
-                shared.pause(backoff.next()).await;
-            }
+        for (claim, (entry, _, slot)) in claims.into_iter().zip(batch) {
+            let shared = shared.clone();
+            actix_rt::spawn(async move {
+                deliver(&shared, claim).await;
+                shared.running().remove(&entry);
+                drop(slot);
+            });
         }
-    }
-}
-
-/// How a delivery ends.
-enum Settle {
-    Acknowledge,
-    Finish { outcome: RunOutcome, dead: Option<String> },
-    Retry { delay: Duration, error: String, counted: bool },
-}
-
-async fn run(shared: &Shared, job: &str, claim: &Claim) -> Settle {
-    let fail = |code: &str, message: String| Settle::Finish {
-        outcome: Err(JobFailure { code: code.into(), message }),
-        dead: None,
-    };
-    let Ok(id) = job.parse::<JobId>() else {
-        return fail("invalid_job", format!("{job:?} is not a job id"));
-    };
-    let envelope: JobEnvelope = match serde_json::from_str(&claim.spec) {
-        Ok(e) => e,
-        Err(e) => return fail("invalid_job", format!("the stored job cannot be read: {e}")),
-    };
-    let sample_key = shared.redis.keys().sample(&envelope.sha256);
-    let bytes: Option<Vec<u8>> = match shared.redis.query(redis::cmd("GET").arg(sample_key)).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            return Settle::Retry { delay: Duration::ZERO, error: e.to_string(), counted: false }
-        }
-    };
-    let Some(bytes) = bytes else {
-        return fail("sample_expired", "the sample expired before the job ran".into());
-    };
-    let spec = match envelope.into_spec(bytes) {
-        Ok(spec) => spec,
-        Err(e) => return fail("invalid_job", e),
-    };
-
-    match shared.router.send(ExecuteJob { id, spec }).await {
-        Ok(Ok(Ok(done))) => {
-            shared.count("completed");
-            Settle::Finish { outcome: Ok(done), dead: None }
-        }
-        Ok(Ok(Err(failure))) => {
-            let error = format!("{}: {}", failure.code, failure.message);
-            if claim.deliveries >= shared.config.max_deliveries {
-                shared.count("dead_lettered");
-                let dead = Some(error);
-                return Settle::Finish { outcome: Err(dead_letter(failure, claim)), dead };
-            }
-            shared.count("retried");
-            tracing::debug!(job, attempt = claim.deliveries, cause = %error, "job failed; retrying");
-            Settle::Retry { delay: shared.config.backoff(claim.deliveries), error, counted: true }
-        }
-        // The node cannot take it now (draining, maintenance, overloaded): back to the queue
-        // for any node, without counting against the job.
-        Ok(Err(refused)) => {
-            shared.count("refused");
-            let delay = match refused {
-                SubmitError::Overloaded { retry_after, .. } => retry_after,
-                _ => shared.config.retry_backoff,
-            };
-            Settle::Retry { delay, error: refused.to_string(), counted: false }
-        }
-        Err(_) => Settle::Retry {
-            delay: Duration::ZERO,
-            error: "the router stopped".into(),
-            counted: false,
-        },
-    }
-}
-
-fn dead_letter(last: JobFailure, claim: &Claim) -> JobFailure {
-    JobFailure {
-        code: "dead_lettered".into(),
-        message: format!(
-            "failed on each of {} deliveries; last: {}: {}",
-            claim.deliveries, last.code, last.message
-        ),
-    }
-}
-
-async fn finish(
-    shared: &Shared,
-    entry: &str,
-    job: &str,
-    claim: &Claim,
-    outcome: &RunOutcome,
-    dead: Option<&str>,
-) -> RedisResult<()> {
-    let keys = shared.redis.keys();
-    let now = SystemTime::now();
-    let record = match serde_json::from_str::<JobRecord>(&claim.record) {
-        Ok(record) => finished(record, outcome, now),
-        Err(_) => return acknowledge(shared, entry).await,
-    };
-    let (kind, data, status) = match outcome {
-        Ok((report, _)) => ("complete", serde_json::to_value(report.as_ref()).ok(), "completed"),
-        Err(failure) => ("error", serde_json::to_value(failure).ok(), "failed"),
-    };
-    let event =
-        JobEvent { analysis_id: record.analysis_id, kind, progress: 100, stage: None, data };
-    let record_json = serde_json::to_string(&record).unwrap_or_default();
-    let event_json = super::events::encode(&[event]);
-    let mut invocation = scripts::FINISH.prepare_invoke();
-    invocation
-        .key(keys.job(job))
-        .key(keys.lock(job))
-        .key(keys.stream())
-        .key(keys.dead())
-        .arg(entry)
-        .arg(keys.group())
-        .arg(record_json)
-        .arg(status)
-        .arg(millis(shared.retention))
-        .arg(keys.events_channel())
-        .arg(event_json)
-        .arg(&shared.consumer)
-        .arg(dead.unwrap_or(""))
-        .arg(claim.deliveries)
-        .arg(shared.config.dead_letter_max)
-        .arg(job);
-    let first: u8 = shared.redis.script(&invocation).await?;
-    if first == 0 {
-        tracing::debug!(job, "job was already finished by another delivery");
-    } else if dead.is_some() {
-        tracing::warn!(job, deliveries = claim.deliveries, "job moved to the dead-letter stream");
-    }
-    Ok(())
-}
-
-async fn retry(
-    shared: &Shared,
-    entry: &str,
-    job: &str,
-    delay: Duration,
-    error: &str,
-    counted: bool,
-) -> RedisResult<()> {
-    let keys = shared.redis.keys();
-    let mut invocation = scripts::RETRY.prepare_invoke();
-    invocation
-        .key(keys.job(job))
-        .key(keys.lock(job))
-        .key(keys.stream())
-        .key(keys.delayed())
-        .arg(entry)
-        .arg(keys.group())
-        .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
-        .arg(job)
-        .arg(&shared.consumer)
-        .arg(error)
-        .arg(if counted { "1" } else { "0" });
-    shared.redis.script::<u8>(&invocation).await.map(|_| ())
+    });
 }
 
 /// Takes over deliveries idle past their lease (their worker died), as many as `slots`
@@ -563,11 +351,10 @@ async fn reclaim(shared: &Arc<Shared>, slots: &mut Vec<OwnedSemaphorePermit>) {
         if !reply.claimed.is_empty() {
             tracing::info!(count = reply.claimed.len(), "took over deliveries past their lease");
         }
-        for entry in reply.claimed {
+        for _ in &reply.claimed {
             shared.count("reclaimed");
-            let Some(slot) = slots.pop() else { break };
-            start_delivery(shared, entry, slot);
         }
+        start_batch(shared, reply.claimed, slots);
         cursor = reply.next_stream_id;
         if cursor == "0-0" {
             return;
