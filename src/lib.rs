@@ -75,6 +75,7 @@ pub fn start_node(
     redis.spawn_monitor(Duration::from_secs(1));
     let cluster_flags = distributed::flags::ClusterFlags::new(redis.clone(), engine.flags.clone());
     cluster_flags.spawn();
+    distributed::pools::spawn_listener(redis.clone(), engine.clone());
 
     let worker = (role != Role::Api).then(|| {
         distributed::events::spawn_forwarder(&engine.events, redis.clone());

@@ -185,6 +185,13 @@ async fn a_worker_killed_mid_run_loses_no_job_and_runs_none_twice() {
     let stream_len: u64 =
         redis::cmd("XLEN").arg(format!("{prefix}jobs")).query_async(&mut conn).await.unwrap();
     assert_eq!(stream_len, 0, "acknowledged entries are deleted: the stream is empty");
+    // Nothing is left to grow: every key but the (empty) stream expires.
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    for key in keys.iter().filter(|k| !k.ends_with(":jobs")) {
+        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.unwrap();
+        assert!(ttl > 0, "{key} has no expiry");
+    }
 
     // Each job's final event went out once: its result was stored once.
     let seen = finals.borrow().clone();
@@ -374,4 +381,86 @@ async fn a_node_starts_while_redis_is_down_and_joins_when_it_comes_up() {
     let done = wait_all_finished(&node, &[id], Duration::from_secs(30)).await;
     assert_eq!(done[0]["status"], "completed");
     node.server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[actix_rt::test]
+async fn a_job_run_on_a_worker_node_streams_from_the_api_node_and_pools_resize_fleet_wide() {
+    let (url, prefix) = (shared_url(), unique_prefix("stream"));
+    let api = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
+    let worker = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Worker).await;
+    assert_eq!(worker.get("/readyz").await.0, 200);
+    assert_eq!(worker.get("/api/health").await.0, 404, "a worker node serves no API");
+    assert!(worker.get("/metrics").await.1.as_str().unwrap().contains("athena_queue"));
+
+    let (status, body) = api.post("/api/analysis/submit", job_body(b"run elsewhere")).await;
+    assert_eq!(status, 201);
+    let id = body["analysisId"].as_str().unwrap().to_string();
+    let response = api.client.get(api.url(&format!("/api/analysis/{id}/events"))).send().await;
+    let text = tokio::time::timeout(Duration::from_secs(30), response.unwrap().text())
+        .await
+        .expect("the stream ends with the job")
+        .unwrap();
+    let last = text.split("\n\n").filter(|f| f.starts_with("event: ")).last().unwrap();
+    assert!(last.starts_with("event: complete"), "{text}");
+    let data: Value =
+        serde_json::from_str(last.lines().nth(1).unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    let (_, record) = api.get(&format!("/api/analysis/status/{id}")).await;
+    assert_eq!(data["data"], record["results"], "the result comes with the final event");
+
+    // Worker nodes have no admin API: a pool resized on the API node is resized there too.
+    let (status, _) = api.put("/api/admin/pools/static", json!({"workers": 3})).await;
+    assert_eq!(status, 200);
+    let resized = async {
+        loop {
+            let status = worker.server.engine.status().await;
+            let pool = status.services.iter().find(|s| s.service == "static").unwrap();
+            if pool.workers == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), resized).await.expect("worker pool resized");
+    worker.server.shutdown(Duration::from_secs(1)).await;
+    cleanup(&url, &prefix).await;
+}
+
+#[actix_rt::test]
+async fn a_job_whose_workers_keep_dying_is_dead_lettered_with_the_last_error() {
+    let (url, prefix) = (shared_url(), unique_prefix("crashloop"));
+    let tweak = |c: &mut athena::config::Config| c.queue.max_deliveries = 3;
+    let api = TestServer::start_node(fleet(&url, &prefix, tweak), Role::Api).await;
+    let (status, body) = api.post("/api/analysis/submit", job_body(b"kills its workers")).await;
+    assert_eq!(status, 201);
+    let id = body["analysisId"].as_str().unwrap().to_string();
+
+    // What three workers that died while running it would have left behind.
+    let mut conn = connect(&url).await;
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}job:{id}"))
+        .arg("deliveries")
+        .arg(3)
+        .arg("lastError")
+        .arg("the worker process died")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let worker = TestServer::start_node(fleet(&url, &prefix, tweak), Role::Worker).await;
+    let failed =
+        wait_all_finished(&api, std::slice::from_ref(&id), Duration::from_secs(30)).await.remove(0);
+    assert_eq!(failed["error"]["code"], "dead_lettered", "{failed}");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("the worker process died"));
+    let runs: u32 = redis::cmd("HGET")
+        .arg(format!("{prefix}job:{id}"))
+        .arg("runs")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "a job past its delivery limit is not run again");
+    let dead: u64 =
+        redis::cmd("XLEN").arg(format!("{prefix}dead")).query_async(&mut conn).await.unwrap();
+    assert_eq!(dead, 1);
+    worker.server.shutdown(Duration::from_secs(1)).await;
+    cleanup(&url, &prefix).await;
 }

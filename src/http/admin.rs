@@ -125,6 +125,22 @@ pub async fn resize_pool(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let status = state.engine.resize(&path, body.workers).await?;
+    // In a fleet every node runs this pool, and worker nodes have no admin API of their own.
+    if let Some(redis) = state.engine.redis() {
+        let fleet = athena_actors::distributed::pools::publish(redis, &path, body.workers).await;
+        if let Err(cause) = fleet {
+            tracing::warn!(service = %path, cause = %cause, "pool size not propagated");
+            return Err(ApiError::unavailable(
+                "pools_not_propagated",
+                format!(
+                    "pool {} resized on this node only: Redis is unreachable, so other nodes \
+                     keep their size; retry to propagate it",
+                    path.as_str()
+                ),
+                std::time::Duration::from_secs(5),
+            ));
+        }
+    }
     Ok(HttpResponse::Ok().json(status))
 }
 

@@ -198,3 +198,50 @@ fn manager(
         .set_pipeline_buffer_size(4096);
     client.get_connection_manager_lazy(settings)
 }
+
+/// Follows a pub/sub channel for as long as the task lives: subscribes on a connection of
+/// its own, calls `on_message` with each payload, and when the subscription drops (Redis
+/// restarted, the network went away) subscribes again with a capped backoff. `on_connect`
+/// runs after every subscription, so a follower can read what it missed meanwhile.
+pub fn follow<C, CF, M, MF>(
+    redis: Redis,
+    channel: String,
+    on_connect: C,
+    on_message: M,
+) -> actix_rt::task::JoinHandle<()>
+where
+    C: Fn() -> CF + 'static,
+    CF: std::future::Future<Output = ()>,
+    M: Fn(String) -> MF + 'static,
+    MF: std::future::Future<Output = ()>,
+{
+    use futures_util::StreamExt;
+
+    actix_rt::spawn(async move {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let limit = redis.config().connect_timeout;
+            let subscribed = async {
+                let mut pubsub = redis.timed(limit, redis.client().get_async_pubsub()).await?;
+                redis.timed(limit, pubsub.subscribe(&channel)).await?;
+                Ok::<_, RedisError>(pubsub)
+            };
+            match subscribed.await {
+                Ok(mut pubsub) => {
+                    wait = Duration::from_millis(50);
+                    on_connect().await;
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        if let Ok(payload) = message.get_payload::<String>() {
+                            on_message(payload).await;
+                        }
+                    }
+                    tracing::debug!(%channel, "subscription dropped; subscribing again");
+                }
+                Err(e) => tracing::debug!(%channel, cause = %e, "cannot subscribe yet"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    })
+}

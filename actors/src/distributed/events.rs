@@ -11,9 +11,6 @@
 //! Pub/sub is fire-and-forget: a node that is disconnected misses events. The job record in
 //! Redis stays the truth for the final state, and the listener reconnects by itself.
 
-use std::time::Duration;
-
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -111,35 +108,19 @@ pub fn spawn_forwarder(local: &EventHub, redis: Redis) -> actix_rt::task::JoinHa
 /// Republishes every job event heard on Redis into `hub`, reconnecting whenever the
 /// subscription drops.
 pub fn spawn_listener(redis: Redis, hub: EventHub) -> actix_rt::task::JoinHandle<()> {
-    actix_rt::spawn(async move {
-        let channel = redis.keys().events_channel();
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match subscribe(&redis, &channel).await {
-                Ok(mut pubsub) => {
-                    wait = Duration::from_millis(50);
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let Ok(payload) = message.get_payload::<String>() else { continue };
-                        for event in decode(&payload) {
-                            hub.publish(event);
-                        }
-                    }
-                    tracing::debug!("event subscription dropped; reconnecting");
-                }
-                Err(e) => tracing::debug!(cause = %e, "cannot subscribe to job events yet"),
+    let channel = redis.keys().events_channel();
+    // Events missed while disconnected are gone: the records hold the final states.
+    super::conn::follow(
+        redis,
+        channel,
+        || async {},
+        move |payload| {
+            for event in decode(&payload) {
+                hub.publish(event);
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
-    })
-}
-
-async fn subscribe(redis: &Redis, channel: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let limit = redis.config().connect_timeout;
-    let mut pubsub = redis.timed(limit, redis.client().get_async_pubsub()).await?;
-    redis.timed(limit, pubsub.subscribe(channel)).await?;
-    Ok(pubsub)
+            async {}
+        },
+    )
 }
 
 #[cfg(test)]

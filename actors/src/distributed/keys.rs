@@ -11,6 +11,7 @@
 //! | `idem:{key}` | string | the job id an `Idempotency-Key` created | retention |
 //! | `cache:{work key}` | string | format byte + bincode report | `cache.ttl` |
 //! | `flags` | hash | flag name → JSON value | never |
+//! | `pools` | hash | service → worker pool size | never |
 //! | `events`, `flags:changed`, `pools` | channels | job events, flag names, pool sizes | - |
 
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@
 //! | [`scripts`] | the Lua scripts that make a delivery's claim and a job's finish atomic |
 //! | [`events`] | job events across nodes over pub/sub |
 //! | [`flags`] | flags stored in a hash and propagated over a change channel |
+//! | [`pools`] | worker pool sizes set once for every node of the fleet |
 //! | [`cache_tier`] | the Redis tier of the result cache, behind a breaker |
 //!
 //! # Why Streams, and what "nothing lost" rests on
@@ -35,6 +36,7 @@ mod delivery;
 pub mod events;
 pub mod flags;
 pub mod keys;
+pub mod pools;
 pub mod queue;
 pub mod scripts;
 pub mod worker;

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, StreamReadReply};
 use redis::RedisResult;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -398,6 +398,7 @@ async fn promote_loop(shared: Arc<Shared>) {
     let keys = shared.redis.keys().clone();
     let every = (shared.config.retry_backoff / 4)
         .clamp(Duration::from_millis(20), Duration::from_millis(250));
+    let mut last_sweep = tokio::time::Instant::now();
     while !shared.stopped() {
         shared.pause(every).await;
         let mut invocation = scripts::PROMOTE.prepare_invoke();
@@ -406,6 +407,35 @@ async fn promote_loop(shared: Arc<Shared>) {
             Ok(0) => {}
             Ok(moved) => tracing::debug!(moved, "retries due moved back to the stream"),
             Err(e) => tracing::debug!(cause = %e, "moving due retries failed"),
+        }
+        if last_sweep.elapsed() >= CONSUMER_SWEEP_EVERY {
+            last_sweep = tokio::time::Instant::now();
+            forget_stale_consumers(&shared).await;
+        }
+    }
+}
+
+/// How often a worker looks for consumers of processes that are gone.
+const CONSUMER_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// A consumer with nothing pending that has not read for this long belongs to a process
+/// that is gone (every run has its own name); it is removed so the group does not grow with
+/// every restart. A live consumer removed by mistake is re-created by its next read.
+const STALE_CONSUMER: Duration = Duration::from_secs(3600);
+
+async fn forget_stale_consumers(shared: &Shared) {
+    let keys = shared.redis.keys();
+    let mut cmd = redis::cmd("XINFO");
+    cmd.arg("CONSUMERS").arg(keys.stream()).arg(keys.group());
+    let Ok(reply) = shared.redis.query::<StreamInfoConsumersReply>(&cmd).await else { return };
+    let stale_ms = STALE_CONSUMER.as_millis() as usize;
+    for consumer in reply.consumers {
+        if consumer.name != shared.consumer && consumer.pending == 0 && consumer.idle > stale_ms {
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("DELCONSUMER").arg(keys.stream()).arg(keys.group()).arg(&consumer.name);
+            if shared.redis.query::<u64>(&cmd).await.is_ok() {
+                tracing::info!(consumer = %consumer.name, "removed a consumer that is gone");
+            }
         }
     }
 }

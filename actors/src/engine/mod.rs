@@ -117,6 +117,9 @@ pub struct EngineStatus {
     /// Failover retries the shared budget allows right now.
     pub failover_budget: f64,
     pub cache: CacheStats,
+    /// The breaker of the Redis cache tier, in distributed mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cache: Option<BreakerSnapshot>,
 }
 
 #[derive(Clone)]
@@ -132,6 +135,7 @@ pub struct Engine {
     providers: Arc<Vec<ProviderSummary>>,
     started: Instant,
     redis: Option<Redis>,
+    redis_tier: Option<RedisTier>,
 }
 
 fn bulkhead(service: &str, config: &BulkheadConfig, telemetry: &Telemetry) -> Bulkhead {
@@ -297,6 +301,7 @@ impl Engine {
             providers: Arc::new(summaries),
             started: Instant::now(),
             redis,
+            redis_tier,
         })
     }
 
@@ -354,6 +359,7 @@ impl Engine {
             semaphores: self.services.semaphores.stats(),
             failover_budget: self.services.failover_budget.balance(),
             cache: self.memory_tier.stats(),
+            redis_cache: self.redis_tier.as_ref().map(RedisTier::breaker_snapshot),
         }
     }
 
