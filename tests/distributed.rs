@@ -464,3 +464,69 @@ async fn a_job_whose_workers_keep_dying_is_dead_lettered_with_the_last_error() {
     worker.server.shutdown(Duration::from_secs(1)).await;
     cleanup(&url, &prefix).await;
 }
+
+#[actix_rt::test]
+async fn a_job_longer_than_its_lease_is_never_taken_from_its_live_worker() {
+    let (url, prefix) = (shared_url(), unique_prefix("long"));
+    // The provider answers after 3 s; a lease is 1 s. While the job runs, the test plays a
+    // second worker looking for deliveries idle past the lease: only the running worker's
+    // lease extension keeps it from finding this one.
+    let slow = common::StubProvider::start(0);
+    slow.set_delay(Duration::from_secs(3));
+    let tweak = |c: &mut athena::config::Config| {
+        c.queue.lease = Duration::from_secs(1);
+        c.queue.block = Duration::from_millis(100);
+        c.providers.clear();
+        let mut provider = common::stub_provider_config(&slow.base_url, "10s");
+        provider.retry.max_attempts = 1;
+        c.providers.insert("slow".into(), provider);
+        c.flags.insert("ai_provider_priority".into(), json!(["slow"]));
+    };
+    let node = TestServer::start_node(fleet(&url, &prefix, tweak), Role::All).await;
+    let body = json!({
+        "fileName": "slow.js",
+        "fileContent": base64::engine::general_purpose::STANDARD.encode(b"var slow = 1;"),
+        "analysisType": "deobfuscate",
+    });
+    let (status, submitted) = node.post("/api/analysis/submit", body).await;
+    assert_eq!(status, 201);
+    let id = submitted["analysisId"].as_str().unwrap().to_string();
+
+    let mut conn = connect(&url).await;
+    let intruder = async {
+        let mut looked = 0;
+        loop {
+            let (_, record) = node.get(&format!("/api/analysis/status/{id}")).await;
+            if record["status"] == "completed" {
+                break looked;
+            }
+            let (_, claimed, _): (String, Vec<redis::Value>, Vec<String>) =
+                redis::cmd("XAUTOCLAIM")
+                    .arg(format!("{prefix}jobs"))
+                    .arg("workers")
+                    .arg("intruder")
+                    .arg(1000)
+                    .arg("0-0")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            assert!(claimed.is_empty(), "a running job was taken from its live worker");
+            looked += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let looked = tokio::time::timeout(Duration::from_secs(30), intruder).await.expect("finishes");
+    assert!(looked >= 20, "the job ran well past its lease ({looked} looks)");
+    assert_eq!(slow.calls(), 1, "the provider was asked once: the job ran once");
+    let (runs, deliveries): (u32, u32) = redis::cmd("HMGET")
+        .arg(format!("{prefix}job:{id}"))
+        .arg("runs")
+        .arg("deliveries")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((runs, deliveries), (1, 1));
+    node.server.shutdown(Duration::from_secs(1)).await;
+    slow.stop().await;
+    cleanup(&url, &prefix).await;
+}

@@ -209,7 +209,8 @@ async fn run(shared: &Shared, claim: &Claim) -> Settle {
                 return Settle::Finish { outcome: Err(dead_letter(failure, claim)), dead };
             }
             shared.count("retried");
-            tracing::debug!(job, attempt = claim.deliveries, cause = %error, "job failed; retrying");
+            let attempt = claim.deliveries;
+            tracing::debug!(job, attempt, cause = %error, "job failed; retrying");
             Settle::Retry { delay: shared.config.backoff(claim.deliveries), error, counted: true }
         }
         // The node cannot take it now (draining, maintenance, overloaded): back to the queue

@@ -5,7 +5,7 @@
 //! | `jobs` | stream | one entry per delivery to make (`id` field) | deleted when acknowledged |
 //! | `dead` | stream | jobs past their delivery limit, with the reason | trimmed to a length |
 //! | `delayed` | sorted set | jobs waiting for a retry, scored by due time (ms) | when due |
-//! | `job:{id}` | hash | `spec`, `record`, `status`, `deliveries`, `runs` | retention, once finished |
+//! | `job:{id}` | hash | `spec`, `record`, `status`, `deliveries`, `runs` | once finished |
 //! | `lock:{id}` | string | the consumer running the job | the lease, extended while running |
 //! | `sample:{sha256}` | string | the sample's bytes | `queue.sample_ttl`, renewed |
 //! | `idem:{key}` | string | the job id an `Idempotency-Key` created | retention |

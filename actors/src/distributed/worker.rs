@@ -1,22 +1,25 @@
 //! The worker side of the Redis queue: a node's consumer in the group.
 //!
-//! Three loops share one consumer name (host, process id and a random part, so a restarted
+//! Four loops share one consumer name (host, process id and a random part, so a restarted
 //! process never inherits a dead one's deliveries by accident):
 //!
 //! - **read**: XREADGROUP in batches, never more than the free slots of `queue.prefetch`,
-//!   so a node only takes what it can start now and the rest stays for other nodes;
-//! - **reclaim**: XAUTOCLAIM of deliveries idle longer than `queue.lease`, the jobs of a
-//!   worker that died; done by the reader before each read, as it owns the free slots;
+//!   so a node only takes what it can start now and the rest stays for other nodes. Before
+//!   a read it also reclaims (it owns the free slots): XAUTOCLAIM of deliveries idle longer
+//!   than `queue.lease`, the jobs of a worker that died;
 //! - **extend**: every third of the lease, running deliveries are claimed again by their own
 //!   consumer (which resets their idle time) and their run locks are extended, so a long job
 //!   is never taken from a live worker;
-//! - **promote**: retries whose backoff is over go from the delayed set back to the stream.
+//! - **promote**: retries whose backoff is over go from the delayed set back to the stream,
+//!   and once a minute consumers of processes long gone leave the group;
+//! - **finish**: finished jobs are settled in batches (see `delivery`).
 //!
-//! Each delivery is claimed by [`scripts::CLAIM`], run through the local router exactly as a
-//! submitted job, and finished by [`scripts::FINISH`] (the result stored, then the entry
-//! acknowledged) or [`scripts::RETRY`]. A Redis error in any loop is waited out with a capped
-//! backoff and the loop carries on: a worker never stops consuming because Redis went away,
-//! and a consumer group lost with a Redis that kept nothing is created again.
+//! Deliveries are claimed in batches by [`scripts::CLAIM`], each runs through the local
+//! router exactly as a submitted job, and is finished by [`scripts::FINISH`] (the result
+//! stored, then the entry acknowledged) or [`scripts::RETRY`]. A Redis error in any loop is
+//! waited out with a capped backoff and the loop carries on: a worker never stops consuming
+//! because Redis went away, and a consumer group lost with a Redis that kept nothing is
+//! created again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
