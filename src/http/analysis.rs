@@ -308,7 +308,8 @@ async fn lookup(state: &AppState, id: &JobId) -> Result<Option<JobRecord>, ApiEr
     }
 }
 
-/// How often an idle event stream sends a comment, so proxies keep it open.
+/// How often an idle event stream sends a comment, so proxies keep it open, and looks at
+/// the job's record in case its final event was missed.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Server-Sent Events of one job: `progress`, `partial_result`, then `complete` or `error`,
@@ -342,8 +343,10 @@ pub async fn events(
                 return None;
             }
             loop {
-                let next = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-                    Err(_) => web::Bytes::from_static(b": keep-alive\n\n"),
+                let missed = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+                    // Quiet for a while, or events were dropped: the final one may be among
+                    // them (or lost with a pub/sub connection), so the record is asked.
+                    Err(_) | Ok(Err(RecvError::Lagged(_))) => true,
                     Ok(Ok(event)) if event.analysis_id == id => {
                         let last = event.is_final();
                         // A fleet's final event carries no result: it is in the record,
@@ -357,10 +360,19 @@ pub async fn events(
                         };
                         return Some((Ok(sse_frame(&event)), (rx, last)));
                     }
-                    Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => continue,
+                    Ok(Ok(_)) => false,
                     Ok(Err(RecvError::Closed)) => return None,
                 };
-                return Some((Ok(next), (rx, false)));
+                if !missed {
+                    continue;
+                }
+                if let Ok(Some(record)) = lookup(&state, &id).await {
+                    if let Some(event) = final_event(&record) {
+                        return Some((Ok(sse_frame(&event)), (rx, true)));
+                    }
+                }
+                let keep_alive = web::Bytes::from_static(b": keep-alive\n\n");
+                return Some((Ok(keep_alive), (rx, false)));
             }
         }
     });
