@@ -41,7 +41,7 @@ pub async fn submit(
     }
     let id = accepted["analysisId"].as_str().context("the answer has no analysisId")?.to_string();
     if !wait {
-        println!("{}", serde_json::to_string_pretty(&accepted)?);
+        emit(&accepted)?;
         return Ok(true);
     }
 
@@ -51,12 +51,24 @@ pub async fn submit(
             client.get(format!("{base}/api/analysis/status/{id}")).send().await?.json().await?;
         match record["status"].as_str() {
             Some("completed") | Some("failed") => {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                emit(&record)?;
                 return Ok(record["status"] == "completed");
             }
             _ if started.elapsed() > timeout => bail!("job {id} did not finish within {timeout:?}"),
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+/// Prints a document on stdout. A reader that went away (`athena submit ... | head`) is
+/// not an error worth a panic: the job's fate was already decided.
+fn emit(document: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+
+    let text = serde_json::to_string_pretty(document)?;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

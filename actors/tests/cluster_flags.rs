@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use athena_actors::distributed::flags::ClusterFlags;
@@ -95,8 +95,7 @@ async fn seen(
     snapshots: &mut mpsc::UnboundedReceiver<Arc<FlagSet>>,
     what: &str,
     wanted: impl Fn(&FlagSet) -> bool,
-) -> Duration {
-    let started = Instant::now();
+) {
     let waiting = async {
         while let Some(flags) = snapshots.recv().await {
             if wanted(&flags) {
@@ -108,7 +107,6 @@ async fn seen(
     tokio::time::timeout(PATIENCE, waiting)
         .await
         .unwrap_or_else(|_| panic!("{what}: not seen within {PATIENCE:?}"));
-    started.elapsed()
 }
 
 async fn hset(prefix: &str, fields: &[(&str, &str)]) {
@@ -145,8 +143,8 @@ async fn a_change_on_one_node_reaches_another_through_the_channel() {
     seen(&mut on_b, "the first change on B", |f| f.enable_apm).await;
 
     a.set("maintenance_mode", json!(true)).await;
-    let took = seen(&mut on_b, "the second change on B", |f| f.maintenance_mode).await;
-    assert!(took < Duration::from_secs(1), "propagation took {took:?}");
+    // With the periodic read an hour away, only the channel can have brought it.
+    seen(&mut on_b, "the second change on B", |f| f.maintenance_mode).await;
 
     let audit = b.flags.send(GetAudit).await.unwrap();
     assert!(audit.iter().all(|e| e.source == FlagSource::Cluster), "{audit:?}");
@@ -228,9 +226,9 @@ async fn a_node_without_redis_starts_on_its_local_flags() {
         node(&format!("redis://127.0.0.1:{port}/0"), &prefix, &[("enableAPM", json!(true))]);
     let follower = lonely.cluster.spawn();
 
-    let started = Instant::now();
-    assert!(lonely.cluster.load().await.is_err());
-    assert!(started.elapsed() < Duration::from_secs(5), "load took {:?}", started.elapsed());
+    // Bounded by the command timeout: a node never hangs on a Redis that is not there.
+    let load = tokio::time::timeout(PATIENCE, lonely.cluster.load()).await;
+    assert!(load.expect("load gives up").is_err());
     assert!(lonely.flags.send(GetFlags).await.unwrap().enable_apm);
 
     // Local changes still work; sharing them is refused, and the caller is told.
