@@ -406,6 +406,8 @@ async fn a_job_run_on_a_worker_node_streams_from_the_api_node_and_pools_resize_f
         serde_json::from_str(last.lines().nth(1).unwrap().strip_prefix("data: ").unwrap()).unwrap();
     let (_, record) = api.get(&format!("/api/analysis/status/{id}")).await;
     assert_eq!(data["data"], record["results"], "the result comes with the final event");
+    let job_id: athena_actors::job::JobId = id.parse().unwrap();
+    assert!(worker.server.engine.job(&job_id).is_none(), "a worker keeps no local copy");
 
     // Worker nodes have no admin API: a pool resized on the API node is resized there too.
     let (status, _) = api.put("/api/admin/pools/static", json!({"workers": 3})).await;

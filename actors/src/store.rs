@@ -24,6 +24,14 @@ impl JobStore {
         self.jobs.get(id).map(|r| r.clone())
     }
 
+    pub fn contains(&self, id: &JobId) -> bool {
+        self.jobs.contains_key(id)
+    }
+
+    pub fn remove(&self, id: &JobId) {
+        self.jobs.remove(id);
+    }
+
     /// Applies `change` to a record; a finished record is never changed again.
     pub fn update(&self, id: &JobId, change: impl FnOnce(&mut JobRecord)) {
         if let Some(mut record) = self.jobs.get_mut(id) {

@@ -142,8 +142,11 @@ impl JobRouter {
         for (id, submitted) in members {
             self.active_jobs = self.active_jobs.saturating_sub(1);
             let duration = submitted.elapsed();
+            // A job run for the Redis queue has its record there; a local copy would only
+            // fill this node's memory.
             if let Some(waiter) = self.waiters.remove(&id) {
                 let _ = waiter.send(outcome.clone());
+                self.store.remove(&id);
             }
             match &outcome {
                 Ok((report, from_cache)) => {
@@ -198,7 +201,9 @@ impl Actor for JobRouter {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             let retention = act.config.retention;
-            act.idempotency.retain(|_, (_, at)| at.elapsed() < retention);
+            // A key outlives neither retention nor its job's record (which max_records bounds).
+            let store = &act.store;
+            act.idempotency.retain(|_, (id, at)| at.elapsed() < retention && store.contains(id));
             let removed = act.store.sweep(act.config.retention, act.config.max_records);
             if removed > 0 {
                 tracing::debug!(removed, "swept finished job records past retention");
