@@ -1,7 +1,7 @@
 //! One delivery of the Redis queue, from claim to settlement.
 //!
-//! Deliveries are claimed in batches ([`scripts::CLAIM`]: counted, locked, or refused when
-//! the job is finished, locked by a live worker, or past its delivery limit), each is run
+//! Deliveries are claimed in batches ([`scripts::CLAIM`]: counted and leased, or refused
+//! when the job is finished, leased by a live worker, or past its delivery limit), each is run
 //! through the local router exactly as a submitted job, and settled: finished (the result
 //! stored, then the entry acknowledged, by [`scripts::FINISH`] for every job ready at that
 //! moment), put back with a backoff ([`scripts::RETRY`]), or acknowledged alone when nothing
@@ -56,7 +56,7 @@ pub(super) async fn claim_batch(
     let keys = shared.redis.keys();
     let mut invocation = scripts::CLAIM.prepare_invoke();
     for (_, job) in batch {
-        invocation.key(keys.job(job)).key(keys.lock(job));
+        invocation.key(keys.job(job));
     }
     invocation
         .arg(&shared.consumer)
@@ -311,13 +311,12 @@ pub(super) async fn finisher_loop(
         let mut invocation = scripts::FINISH.prepare_invoke();
         invocation.key(keys.stream()).key(keys.dead());
         for r in &batch {
-            invocation.key(keys.job(&r.job)).key(keys.lock(&r.job));
+            invocation.key(keys.job(&r.job));
         }
         invocation
             .arg(keys.group())
             .arg(millis(shared.retention))
             .arg(keys.events_channel())
-            .arg(&shared.consumer)
             .arg(shared.config.dead_letter_max);
         for r in &batch {
             invocation
@@ -356,14 +355,12 @@ async fn retry(
     let mut invocation = scripts::RETRY.prepare_invoke();
     invocation
         .key(keys.job(job))
-        .key(keys.lock(job))
         .key(keys.stream())
         .key(keys.delayed())
         .arg(entry)
         .arg(keys.group())
         .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
         .arg(job)
-        .arg(&shared.consumer)
         .arg(error)
         .arg(if counted { "1" } else { "0" });
     shared.redis.script::<u8>(&invocation).await.map(|_| ())

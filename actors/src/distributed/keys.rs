@@ -5,8 +5,7 @@
 //! | `jobs` | stream | one entry per delivery to make (`id` field) | deleted when acknowledged |
 //! | `dead` | stream | jobs past their delivery limit, with the reason | trimmed to a length |
 //! | `delayed` | sorted set | jobs waiting for a retry, scored by due time (ms) | when due |
-//! | `job:{id}` | hash | `spec`, `record`, `status`, `deliveries`, `runs` | once finished |
-//! | `lock:{id}` | string | the consumer running the job | the lease, extended while running |
+//! | `job:{id}` | hash | spec, record, status, counts, lease (`owner`, `leaseUntil`) | finished |
 //! | `sample:{sha256}` | string | the sample's bytes | `queue.sample_ttl`, renewed |
 //! | `idem:{key}` | string | the job id an `Idempotency-Key` created | retention |
 //! | `cache:{work key}` | string | format byte + bincode report | `cache.ttl` |
@@ -47,10 +46,6 @@ impl Keys {
 
     pub fn job(&self, id: &str) -> String {
         format!("{}job:{id}", self.prefix)
-    }
-
-    pub fn lock(&self, id: &str) -> String {
-        format!("{}lock:{id}", self.prefix)
     }
 
     pub fn sample(&self, sha256: &str) -> String {

@@ -26,8 +26,8 @@
 //! goes to the dead-letter stream and is marked failed with the reason.
 //!
 //! Redelivery makes processing at-least-once; the job's hash makes its outcome once-only.
-//! A claim script refuses a job whose record is already finished or whose run lock another
-//! live worker holds, and the finish script stores the record, acknowledges the entry and
+//! A claim script refuses a job whose record is already finished or whose lease (held in
+//! its hash, extended while it runs) another live worker holds, and the finish script stores the record, acknowledges the entry and
 //! publishes the final event in one step, only for the first finisher.
 
 pub mod cache_tier;

@@ -36,79 +36,80 @@ return {1, ARGV[2]}
     )
 });
 
-/// Claims a batch of deliveries. KEYS: job hash and run lock of each job, in pairs.
+/// Redis's clock in milliseconds, for leases every node reads the same way.
+const NOW: &str = "local t = redis.call('TIME')\n\
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+/// Claims a batch of deliveries. KEYS: the job hash of each job.
 /// ARGV: consumer, lease ms, max deliveries.
 /// Answers five values per job: verdict, deliveries, spec, record, last error. The verdict
 /// is `run`, `missing` (the job hash is gone), `finished` (a result is stored: never run
-/// twice), `locked` (another live worker runs it) or `exhausted` (past the delivery limit).
+/// twice), `locked` (another worker holds an unexpired lease on it) or `exhausted` (past the
+/// delivery limit). A `run` takes the job's lease (`owner`, `leaseUntil`) and counts the
+/// delivery and the run, in one write.
 pub static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{NOW}{}",
         r#"
 local out = {}
 local function answer(...)
   for _, v in ipairs({...}) do out[#out + 1] = v end
 end
-for i = 1, #KEYS / 2 do
-  local job, lock = KEYS[2 * i - 1], KEYS[2 * i]
-  local h = redis.call('HMGET', job, 'spec', 'finished', 'record', 'lastError')
-  local spec = h[1]
-  if not spec then
+for i = 1, #KEYS do
+  local job = KEYS[i]
+  local h = redis.call('HMGET', job, 'spec', 'finished', 'record', 'lastError', 'deliveries',
+    'runs', 'owner', 'leaseUntil')
+  if not h[1] then
     answer('missing', '0', '', '', '')
   elseif h[2] then
     answer('finished', '0', '', '', '')
+  elseif h[7] and h[7] ~= '' and h[7] ~= ARGV[1] and tonumber(h[8] or '0') > now then
+    answer('locked', '0', '', '', h[7])
   else
-    local holder = redis.call('GET', lock)
-    if holder and holder ~= ARGV[1] then
-      answer('locked', '0', '', '', holder)
+    local deliveries = tonumber(h[5] or '0') + 1
+    if deliveries > tonumber(ARGV[3]) then
+      redis.call('HSET', job, 'deliveries', deliveries)
+      answer('exhausted', tostring(deliveries), h[1], h[3] or '', h[4] or '')
     else
-      local deliveries = redis.call('HINCRBY', job, 'deliveries', 1)
-      local record = h[3] or ''
-      local last = h[4] or ''
-      if deliveries > tonumber(ARGV[3]) then
-        answer('exhausted', tostring(deliveries), spec, record, last)
-      else
-        redis.call('SET', lock, ARGV[1], 'PX', ARGV[2])
-        redis.call('HINCRBY', job, 'runs', 1)
-        redis.call('HSET', job, 'status', 'processing', 'worker', ARGV[1])
-        answer('run', tostring(deliveries), spec, record, last)
-      end
+      redis.call('HSET', job, 'deliveries', deliveries, 'runs', tonumber(h[6] or '0') + 1,
+        'status', 'processing', 'owner', ARGV[1], 'leaseUntil', now + tonumber(ARGV[2]))
+      answer('run', tostring(deliveries), h[1], h[3] or '', h[4] or '')
     end
   end
 end
 return out
-"#,
-    )
+"#
+    ))
 });
 
-/// Settles a batch of finished jobs. KEYS: stream, dead-letter stream, then the job hash and
-/// run lock of each job, in pairs. ARGV: group, retention ms, events channel, consumer,
-/// dead-letter length, then seven per job: entry id ('' for none), record JSON, status, final
-/// event JSON, dead-letter reason ('' for none), deliveries, job id.
-/// For each job, the first finisher stores the record (with its retention) and, when asked,
-/// dead-letters it; every call releases the job's lock and acknowledges and deletes its
-/// entry. The final events of the jobs this call finished go out in one message, after their
+/// Settles a batch of finished jobs. KEYS: stream, dead-letter stream, then the job hash of
+/// each job. ARGV: group, retention ms, events channel, dead-letter length, then seven per
+/// job: entry id ('' for none), record JSON, status, final event JSON, dead-letter reason
+/// ('' for none), deliveries, job id.
+/// For each job, the first finisher stores the record (releasing the lease, starting the
+/// retention) and, when asked, dead-letters it; every entry is acknowledged and deleted.
+/// The final events of the jobs this call finished go out in one message, after their
 /// records are stored. Answers 1 per job this call finished, 0 per job already finished.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local events, firsts, entries = {}, {}, {}
-for i = 1, (#KEYS - 2) / 2 do
-  local job, lock = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local a = 5 + (i - 1) * 7
+for i = 1, #KEYS - 2 do
+  local job = KEYS[2 + i]
+  local a = 4 + (i - 1) * 7
   local first = 0
-  if redis.call('HEXISTS', job, 'spec') == 1 then
-    first = redis.call('HSETNX', job, 'finished', '1')
-    if first == 1 then
-      redis.call('HSET', job, 'record', ARGV[a + 2], 'status', ARGV[a + 3])
-      redis.call('PEXPIRE', job, ARGV[2])
-      if ARGV[a + 5] ~= '' then
-        redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'id', ARGV[a + 7],
-          'reason', ARGV[a + 5], 'deliveries', ARGV[a + 6])
-      end
-      events[#events + 1] = ARGV[a + 4]
+  local h = redis.call('HMGET', job, 'spec', 'finished')
+  if h[1] and not h[2] then
+    first = 1
+    redis.call('HSET', job, 'finished', '1', 'record', ARGV[a + 2], 'status', ARGV[a + 3],
+      'owner', '', 'leaseUntil', 0)
+    redis.call('PEXPIRE', job, ARGV[2])
+    if ARGV[a + 5] ~= '' then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'id', ARGV[a + 7],
+        'reason', ARGV[a + 5], 'deliveries', ARGV[a + 6])
     end
+    events[#events + 1] = ARGV[a + 4]
   end
-  if redis.call('GET', lock) == ARGV[4] then redis.call('DEL', lock) end
   if ARGV[a + 1] ~= '' then entries[#entries + 1] = ARGV[a + 1] end
   firsts[i] = first
 end
@@ -124,26 +125,27 @@ return firsts
     )
 });
 
-/// KEYS: job hash, run lock, stream, delayed set.
-/// ARGV: entry id, group, delay ms, job id, consumer, error text, count the delivery (1/0).
-/// Moves a job from the stream to the delayed set in one step, so it is never in neither.
+/// KEYS: job hash, stream, delayed set.
+/// ARGV: entry id, group, delay ms, job id, error text, count the delivery (1/0).
+/// Moves a job from the stream to the delayed set in one step, so it is never in neither,
+/// and releases its lease.
 pub static RETRY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(&format!(
+        "{NOW}{}",
         r#"
-if redis.call('HEXISTS', KEYS[1], 'finished') == 0 and
-   redis.call('HEXISTS', KEYS[1], 'spec') == 1 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[3]), ARGV[4])
-  redis.call('HSET', KEYS[1], 'status', 'pending', 'lastError', ARGV[6])
-  if ARGV[7] == '0' then redis.call('HINCRBY', KEYS[1], 'deliveries', -1) end
+local h = redis.call('HMGET', KEYS[1], 'spec', 'finished', 'deliveries')
+if h[1] and not h[2] then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[4])
+  local deliveries = tonumber(h[3] or '0')
+  if ARGV[6] == '0' then deliveries = math.max(deliveries - 1, 0) end
+  redis.call('HSET', KEYS[1], 'status', 'pending', 'lastError', ARGV[5],
+    'deliveries', deliveries, 'owner', '', 'leaseUntil', 0)
 end
-if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
-redis.call('XACK', KEYS[3], ARGV[2], ARGV[1])
-redis.call('XDEL', KEYS[3], ARGV[1])
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[2], ARGV[1])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 /// KEYS: delayed set, stream. ARGV: most jobs to move.
@@ -163,14 +165,20 @@ return #due
     )
 });
 
-/// KEYS: run lock. ARGV: consumer, lease ms. Extends the lock only while this consumer holds it.
-pub static EXTEND_LOCK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+/// Extends the leases of a worker's running jobs. KEYS: their job hashes.
+/// ARGV: consumer, lease ms. A job whose lease another worker holds now is left alone.
+pub static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW}{}",
         r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local extended = 0
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'owner') == ARGV[1] then
+    redis.call('HSET', KEYS[i], 'leaseUntil', now + tonumber(ARGV[2]))
+    extended = extended + 1
+  end
 end
-return 0
-"#,
-    )
+return extended
+"#
+    ))
 });

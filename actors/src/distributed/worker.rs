@@ -8,8 +8,8 @@
 //!   a read it also reclaims (it owns the free slots): XAUTOCLAIM of deliveries idle longer
 //!   than `queue.lease`, the jobs of a worker that died;
 //! - **extend**: every third of the lease, running deliveries are claimed again by their own
-//!   consumer (which resets their idle time) and their run locks are extended, so a long job
-//!   is never taken from a live worker;
+//!   consumer (which resets their idle time) and their jobs' leases are extended, so a long
+//!   job is never taken from a live worker;
 //! - **promote**: retries whose backoff is over go from the delayed set back to the stream,
 //!   and once a minute consumers of processes long gone leave the group;
 //! - **finish**: finished jobs are settled in batches (see `delivery`).
@@ -387,13 +387,14 @@ async fn extend_loop(shared: Arc<Shared>) {
             tracing::debug!(cause = %e, "extending leases failed");
             continue;
         }
-        let extensions = running.iter().map(|(_, job)| {
-            let mut invocation = scripts::EXTEND_LOCK.prepare_invoke();
-            invocation.key(keys.lock(job)).arg(&shared.consumer).arg(millis(shared.config.lease));
-            let redis = shared.redis.clone();
-            async move { redis.script::<u8>(&invocation).await }
-        });
-        futures_util::future::join_all(extensions).await;
+        let mut invocation = scripts::EXTEND.prepare_invoke();
+        for (_, job) in &running {
+            invocation.key(keys.job(job));
+        }
+        invocation.arg(&shared.consumer).arg(millis(shared.config.lease));
+        if let Err(e) = shared.redis.script::<u64>(&invocation).await {
+            tracing::debug!(cause = %e, "extending run leases failed");
+        }
     }
 }
 
