@@ -27,8 +27,9 @@
 //!
 //! Redelivery makes processing at-least-once; the job's hash makes its outcome once-only.
 //! A claim script refuses a job whose record is already finished or whose lease (held in
-//! its hash, extended while it runs) another live worker holds, and the finish script stores the record, acknowledges the entry and
-//! publishes the final event in one step, only for the first finisher.
+//! its hash, extended while it runs) another live worker holds, and the finish script
+//! stores the record, acknowledges the entry and publishes the final event in one step,
+//! only for the first finisher.
 
 pub mod cache_tier;
 pub mod conn;
