@@ -20,6 +20,7 @@
 //! | [`cache`] | `CacheActor`: the bounded in-memory result tier, then the Redis tier of a fleet |
 //! | [`store`] | job records with retention |
 //! | [`events`] | job progress for streaming clients |
+//! | [`distributed`] | a fleet on Redis: the job queue, worker loops, cache tier, flags, events |
 //! | [`telemetry`] | `TelemetryActor` and the Prometheus registry |
 //! | [`report`] | the report shape clients receive |
 //! | [`clock`] | time as a dependency, so tests control it |
