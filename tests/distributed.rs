@@ -142,6 +142,20 @@ async fn wait_all_finished(node: &TestServer, ids: &[String], limit: Duration) -
     tokio::time::timeout(limit, wait).await.expect("every accepted job finishes")
 }
 
+/// Waits until `node` shows `flag` at `value`: the change travels through Redis.
+async fn wait_for_flag(node: &TestServer, flag: &str, value: Value) {
+    let seen = async {
+        loop {
+            let (_, flags) = node.get("/api/flags").await;
+            if flags["flags"][flag] == value {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), seen).await.expect("the node sees the flag");
+}
+
 #[actix_rt::test]
 async fn a_worker_killed_mid_run_loses_no_job_and_runs_none_twice() {
     const JOBS: usize = 2000;
@@ -286,29 +300,11 @@ async fn flags_and_cached_results_are_shared_between_nodes() {
 
     let (status, _) = a.put("/api/flags/enable_advanced_analysis", json!({"value": false})).await;
     assert_eq!(status, 200);
-    let seen = async {
-        loop {
-            let (_, flags) = b.get("/api/flags").await;
-            if flags["flags"]["enable_advanced_analysis"] == false {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), seen).await.expect("node b sees the change");
+    wait_for_flag(&b, "enable_advanced_analysis", json!(false)).await;
 
     // A node that starts later reads the flags already set.
     let c = TestServer::start_node(fleet(&url, &prefix, |_| {}), Role::Api).await;
-    let later = async {
-        loop {
-            let (_, flags) = c.get("/api/flags").await;
-            if flags["flags"]["enable_advanced_analysis"] == false {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), later).await.expect("node c reads it");
+    wait_for_flag(&c, "enable_advanced_analysis", json!(false)).await;
 
     // A result computed by node a's worker is served from the Redis tier to a new worker
     // whose memory tier has never seen it.

@@ -3,6 +3,8 @@
 //! `redis-server` of the test's own that it stops and starts again. Breaker time is a
 //! [`ManualClock`]; nothing sleeps to wait for a state change.
 
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,36 +14,18 @@ use athena_actors::breaker::{BreakerConfig, BreakerState};
 use athena_actors::cache::{CacheActor, CacheConfig, CacheGet, CachePut, MemoryTier};
 use athena_actors::clock::ManualClock;
 use athena_actors::distributed::cache_tier::{encode, Lookup, Put, RedisTier, FORMAT_VERSION};
-use athena_actors::distributed::{Redis, RedisConfig};
+use athena_actors::distributed::Redis;
 use athena_actors::report::{AnalysisReport, ThreatLevel};
 use athena_actors::telemetry::Telemetry;
+use support::{redis, unique_prefix, COMMAND_TIMEOUT};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379/0";
-
-/// How long one command may take before it counts as Redis being away.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long an open breaker waits before its trial, in these tests.
 const OPEN_FOR: Duration = Duration::from_secs(10);
 
 /// Longer than any open period the test breaker can reach.
 const PAST_ANY_OPEN_PERIOD: Duration = Duration::from_secs(41);
-
-/// A prefix no other test (or test run) shares.
-fn unique_prefix(test: &str) -> String {
-    format!("athena-test:{}:{:x}:{test}:", std::process::id(), rand::random::<u64>())
-}
-
-fn redis(url: &str, prefix: &str) -> Redis {
-    let config = RedisConfig {
-        url: url.to_string(),
-        key_prefix: prefix.to_string(),
-        pool_size: 1,
-        connect_timeout: Duration::from_millis(500),
-        command_timeout: COMMAND_TIMEOUT,
-    };
-    Redis::connect(&config).unwrap()
-}
 
 /// Opens after two commands in a row miss Redis, for exactly [`OPEN_FOR`] the first time.
 fn breaker() -> BreakerConfig {

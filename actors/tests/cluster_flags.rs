@@ -1,6 +1,8 @@
 //! Flags shared through a real Redis (127.0.0.1:6379): several "nodes" in one process, each a
 //! flags actor with its own Redis handle, under a key prefix of their own per test.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -8,13 +10,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use athena_actors::distributed::flags::ClusterFlags;
-use athena_actors::distributed::{Redis, RedisConfig};
 use athena_actors::flags::{
     FlagError, FlagSet, FlagSource, FlagsActor, FlagsChanged, GetAudit, GetFlags, SetFlag,
     Subscribe,
 };
 use athena_actors::telemetry::Telemetry;
 use serde_json::{json, Value};
+use support::{redis, unique_prefix};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -22,22 +24,6 @@ const REDIS: &str = "127.0.0.1:6379";
 
 /// Long enough for a loaded machine, far shorter than a hung test.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A prefix no other test (or test run) shares.
-fn unique_prefix(test: &str) -> String {
-    format!("athena-test:{}:{:x}:{test}:", std::process::id(), rand::random::<u64>())
-}
-
-fn redis(url: &str, prefix: &str) -> Redis {
-    let config = RedisConfig {
-        url: url.to_string(),
-        key_prefix: prefix.to_string(),
-        connect_timeout: Duration::from_millis(500),
-        command_timeout: Duration::from_secs(1),
-        ..RedisConfig::default()
-    };
-    Redis::connect(&config).unwrap()
-}
 
 struct Node {
     flags: Addr<FlagsActor>,

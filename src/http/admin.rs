@@ -20,6 +20,18 @@ fn redis_summary(state: &AppState) -> Value {
     }
 }
 
+/// A fleet-wide setting applied here but not stored for the other nodes.
+fn not_propagated(code: &'static str, what: &str) -> ApiError {
+    ApiError::unavailable(
+        code,
+        format!(
+            "{what} changed on this node only: Redis is unreachable, so other nodes keep \
+             their setting; retry to propagate it"
+        ),
+        std::time::Duration::from_secs(5),
+    )
+}
+
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
@@ -94,15 +106,7 @@ pub async fn set_flag(
     if let Some(cluster) = &state.node.cluster_flags {
         if let Err(cause) = cluster.publish(entry.flag, &entry.new_value).await {
             tracing::warn!(flag = entry.flag, cause = %cause, "flag change not propagated");
-            return Err(ApiError::unavailable(
-                "flags_not_propagated",
-                format!(
-                    "flag {} changed on this node only: Redis is unreachable, so other nodes \
-                     keep their value; retry to propagate it",
-                    entry.flag
-                ),
-                std::time::Duration::from_secs(5),
-            ));
+            return Err(not_propagated("flags_not_propagated", &format!("flag {}", entry.flag)));
         }
     }
     Ok(HttpResponse::Ok().json(entry))
@@ -130,15 +134,7 @@ pub async fn resize_pool(
         let fleet = athena_actors::distributed::pools::publish(redis, &path, body.workers).await;
         if let Err(cause) = fleet {
             tracing::warn!(service = %path, cause = %cause, "pool size not propagated");
-            return Err(ApiError::unavailable(
-                "pools_not_propagated",
-                format!(
-                    "pool {} resized on this node only: Redis is unreachable, so other nodes \
-                     keep their size; retry to propagate it",
-                    path.as_str()
-                ),
-                std::time::Duration::from_secs(5),
-            ));
+            return Err(not_propagated("pools_not_propagated", &format!("pool {}", path.as_str())));
         }
     }
     Ok(HttpResponse::Ok().json(status))

@@ -292,12 +292,18 @@ pub async fn status(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let unknown = || {
-        ApiError::not_found("unknown_analysis", format!("no analysis with id {:?}", path.as_str()))
-    };
-    let id: JobId = path.parse().map_err(|_| unknown())?;
-    let record = lookup(&state, &id).await?.ok_or_else(unknown)?;
+    let id = job_id(&path)?;
+    let record = lookup(&state, &id).await?.ok_or_else(|| unknown_analysis(&path))?;
     Ok(HttpResponse::Ok().json(record))
+}
+
+/// The job id of a path; a malformed one is as unknown as one never issued.
+fn job_id(path: &str) -> Result<JobId, ApiError> {
+    path.parse().map_err(|_| unknown_analysis(path))
+}
+
+fn unknown_analysis(path: &str) -> ApiError {
+    ApiError::not_found("unknown_analysis", format!("no analysis with id {path:?}"))
 }
 
 /// A job's record, from Redis in distributed mode or from this process.
@@ -318,10 +324,7 @@ pub async fn events(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let unknown = || {
-        ApiError::not_found("unknown_analysis", format!("no analysis with id {:?}", path.as_str()))
-    };
-    let id: JobId = path.parse().map_err(|_| unknown())?;
+    let id = job_id(&path)?;
     if !state.engine.flags.send(GetFlags).await?.enable_streaming_analysis {
         return Err(ApiError::unavailable(
             "streaming_disabled",
@@ -331,7 +334,7 @@ pub async fn events(
     }
     // Subscribe before reading the record, so an event between the two is not missed.
     let rx = state.node.events.subscribe();
-    let record = lookup(&state, &id).await?.ok_or_else(unknown)?;
+    let record = lookup(&state, &id).await?.ok_or_else(|| unknown_analysis(&path))?;
 
     let first = final_event(&record).map(|e| sse_frame(&e));
     let finished = first.is_some();

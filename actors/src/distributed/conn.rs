@@ -59,6 +59,32 @@ pub fn is_unreachable(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
+/// Waits between attempts to reach Redis again: short at first, so a blip heals at once,
+/// doubling up to a cap, so a long outage costs one attempt per cap.
+#[derive(Debug, Clone)]
+pub struct RetryWait {
+    first: Duration,
+    cap: Duration,
+    next: Duration,
+}
+
+impl RetryWait {
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        RetryWait { first, cap, next: first }
+    }
+
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.cap);
+        wait
+    }
+
+    /// After a success: the next failure starts again from the first wait.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 /// One node's handle on Redis; cheap to clone.
 #[derive(Clone)]
 pub struct Redis {
@@ -171,9 +197,9 @@ impl Redis {
 
     /// Pings Redis every `every` so health (and `/readyz`) follows it even on an idle node,
     /// and so a dropped connection is re-made before the next job needs it.
-    pub fn spawn_monitor(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_monitor(&self, every: Duration) -> actix_rt::task::JoinHandle<()> {
         let redis = self.clone();
-        tokio::task::spawn_local(async move {
+        actix_rt::spawn(async move {
             loop {
                 let _: RedisResult<String> = redis.query(&redis::cmd("PING")).await;
                 tokio::time::sleep(every).await;
@@ -218,7 +244,7 @@ where
     use futures_util::StreamExt;
 
     actix_rt::spawn(async move {
-        let mut wait = Duration::from_millis(50);
+        let mut wait = RetryWait::new(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let limit = redis.config().connect_timeout;
             let subscribed = async {
@@ -228,7 +254,7 @@ where
             };
             match subscribed.await {
                 Ok(mut pubsub) => {
-                    wait = Duration::from_millis(50);
+                    wait.reset();
                     on_connect().await;
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
@@ -240,8 +266,7 @@ where
                 }
                 Err(e) => tracing::debug!(%channel, cause = %e, "cannot subscribe yet"),
             }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(wait.next_wait()).await;
         }
     })
 }

@@ -14,12 +14,12 @@ use std::time::{Duration, SystemTime};
 use redis::RedisResult;
 use tokio::sync::{mpsc, oneshot};
 
-use super::queue::{finished, millis, JobEnvelope};
+use super::queue::{millis, JobEnvelope};
 use super::scripts;
-use super::worker::{ErrorBackoff, Shared};
+use super::worker::{error_backoff, Shared};
 use crate::error::SubmitError;
 use crate::events::JobEvent;
-use crate::job::{JobFailure, JobId, JobRecord};
+use crate::job::{JobFailure, JobId, JobRecord, JobStatus};
 use crate::router::{ExecuteJob, RunOutcome};
 
 /// Jobs settled by one finish script call at most.
@@ -139,7 +139,7 @@ pub(super) async fn deliver(shared: &Shared, claim: Claim) {
         }
         _ => run(shared, &claim).await,
     };
-    let mut backoff = ErrorBackoff::new();
+    let mut backoff = error_backoff();
     loop {
         let done = match &settle {
             Settle::Acknowledge => acknowledge(shared, &claim.entry).await,
@@ -158,7 +158,7 @@ pub(super) async fn deliver(shared: &Shared, claim: Claim) {
             }
             Err(e) => {
                 tracing::debug!(cause = %e, job, "storing the outcome failed; retrying");
-                shared.pause(backoff.next()).await;
+                shared.pause(backoff.next_wait()).await;
             }
         }
     }
@@ -364,4 +364,26 @@ async fn retry(
         .arg(error)
         .arg(if counted { "1" } else { "0" });
     shared.redis.script::<u8>(&invocation).await.map(|_| ())
+}
+
+/// A finished copy of a record.
+fn finished(
+    mut record: JobRecord,
+    outcome: &crate::router::RunOutcome,
+    at: SystemTime,
+) -> JobRecord {
+    record.finished_at = Some(at);
+    match outcome {
+        Ok((report, from_cache)) => {
+            record.status = JobStatus::Completed;
+            record.progress = 100;
+            record.from_cache = *from_cache;
+            record.results = Some(report.clone());
+        }
+        Err(failure) => {
+            record.status = JobStatus::Failed;
+            record.error = Some(failure.clone());
+        }
+    }
+    record
 }

@@ -49,6 +49,7 @@ use futures_util::{FutureExt, StreamExt};
 use redis::RedisResult;
 use serde_json::Value;
 
+use super::conn::RetryWait;
 use super::Redis;
 use crate::flags::{FlagError, FlagSet, FlagsActor, SyncFlags, SyncReport};
 
@@ -147,7 +148,7 @@ impl ClusterFlags {
     }
 
     async fn follow_forever(self) {
-        let mut backoff = Backoff::default();
+        let mut backoff = RetryWait::new(FIRST_RETRY, LAST_RETRY);
         let mut failing = false;
         loop {
             let Err(ended) = self.follow(&mut backoff, &mut failing).await;
@@ -175,7 +176,11 @@ impl ClusterFlags {
 
     /// Subscribes, reads the hash, then re-reads it on each message and every
     /// `resync_every`, until something breaks.
-    async fn follow(&self, backoff: &mut Backoff, failing: &mut bool) -> Result<Infallible, Ended> {
+    async fn follow(
+        &self,
+        backoff: &mut RetryWait,
+        failing: &mut bool,
+    ) -> Result<Infallible, Ended> {
         let channel = self.redis.keys().flags_channel();
         let config = self.redis.config();
         let subscribing = async {
@@ -278,38 +283,13 @@ impl ClusterFlags {
     }
 }
 
-/// Waits between reconnection attempts: short at first, so a blip heals at once, then capped,
-/// so a long outage costs one attempt every [`LAST_RETRY`].
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { next: FIRST_RETRY }
-    }
-}
-
-impl Backoff {
-    fn next_wait(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(LAST_RETRY);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = FIRST_RETRY;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn reconnection_waits_double_up_to_a_cap_and_reset_on_success() {
-        let mut backoff = Backoff::default();
+        let mut backoff = RetryWait::new(FIRST_RETRY, LAST_RETRY);
         let waits: Vec<u128> = (0..7).map(|_| backoff.next_wait().as_millis()).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
         backoff.reset();

@@ -68,6 +68,10 @@ impl Keys {
         format!("{}flags:changed", self.prefix)
     }
 
+    pub fn pools(&self) -> String {
+        format!("{}pools", self.prefix)
+    }
+
     pub fn pools_channel(&self) -> String {
         format!("{}pools", self.prefix)
     }

@@ -12,15 +12,11 @@ use std::collections::HashMap;
 use super::Redis;
 use crate::engine::Engine;
 
-fn hash(redis: &Redis) -> String {
-    format!("{}pools", redis.keys().prefix())
-}
-
 /// Stores a pool size for the whole fleet and tells every node.
 pub async fn publish(redis: &Redis, service: &str, workers: usize) -> Result<(), String> {
     let mut pipe = redis::pipe();
     pipe.atomic();
-    pipe.cmd("HSET").arg(hash(redis)).arg(service).arg(workers).ignore();
+    pipe.cmd("HSET").arg(redis.keys().pools()).arg(service).arg(workers).ignore();
     pipe.cmd("PUBLISH").arg(redis.keys().pools_channel()).arg(service).ignore();
     redis.pipe::<()>(&pipe).await.map_err(|e| e.to_string())
 }
@@ -28,7 +24,7 @@ pub async fn publish(redis: &Redis, service: &str, workers: usize) -> Result<(),
 /// Applies every stored size to this node's pools.
 async fn apply_all(redis: &Redis, engine: &Engine) {
     let sizes: HashMap<String, usize> =
-        match redis.query(redis::cmd("HGETALL").arg(hash(redis))).await {
+        match redis.query(redis::cmd("HGETALL").arg(redis.keys().pools())).await {
             Ok(sizes) => sizes,
             Err(e) => {
                 tracing::debug!(cause = %e, "cannot read the fleet's pool sizes");

@@ -7,8 +7,9 @@
 //! When Redis cannot be reached the submission fails with [`QueueError::Unavailable`], which
 //! the API answers with 503; nothing is accepted that is not stored.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
+use redis::streams::StreamInfoGroupsReply;
 use redis::RedisError;
 use serde::{Deserialize, Serialize};
 
@@ -174,43 +175,13 @@ impl RedisQueue {
         let mut groups = redis::cmd("XINFO");
         groups.arg("GROUPS").arg(keys.stream());
         // No stream yet means no group yet: nothing in progress.
-        let groups: Vec<redis::Value> = self.redis.query(&groups).await.unwrap_or_default();
-        let (mut in_progress, mut consumers) = (0, 0);
-        for group in groups {
-            let fields: std::collections::HashMap<String, redis::Value> =
-                redis::from_redis_value(group).unwrap_or_default();
-            let number = |name: &str| {
-                fields.get(name).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
-            };
-            in_progress += number("pending").unwrap_or(0);
-            consumers += number("consumers").unwrap_or(0);
-        }
+        let groups: StreamInfoGroupsReply = self.redis.query(&groups).await.unwrap_or_default();
+        let in_progress = groups.groups.iter().map(|g| g.pending as u64).sum();
+        let consumers = groups.groups.iter().map(|g| g.consumers as u64).sum();
         Ok(QueueStats { stream, in_progress, delayed, dead_letters, consumers })
     }
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// A finished copy of a record.
-pub(crate) fn finished(
-    mut record: JobRecord,
-    outcome: &crate::router::RunOutcome,
-    at: SystemTime,
-) -> JobRecord {
-    record.finished_at = Some(at);
-    match outcome {
-        Ok((report, from_cache)) => {
-            record.status = JobStatus::Completed;
-            record.progress = 100;
-            record.from_cache = *from_cache;
-            record.results = Some(report.clone());
-        }
-        Err(failure) => {
-            record.status = JobStatus::Failed;
-            record.error = Some(failure.clone());
-        }
-    }
-    record
 }

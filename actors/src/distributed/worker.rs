@@ -30,6 +30,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamInfoConsumersReply, S
 use redis::RedisResult;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use super::conn::RetryWait;
 use super::delivery::{acknowledge, claim_batch, deliver, finisher_loop, FinishRequest};
 use super::queue::millis;
 use super::{scripts, QueueConfig, Redis};
@@ -161,21 +162,9 @@ fn consumer_name() -> String {
     format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
-/// A capped doubling wait for loops that met a Redis error.
-pub(super) struct ErrorBackoff(Duration);
-
-impl ErrorBackoff {
-    pub(super) fn new() -> Self {
-        ErrorBackoff(Duration::from_millis(50))
-    }
-    pub(super) fn next(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(MAX_ERROR_BACKOFF);
-        wait
-    }
-    pub(super) fn reset(&mut self) {
-        self.0 = Duration::from_millis(50);
-    }
+/// The wait after a Redis error in a loop or a delivery, before it tries again.
+pub(super) fn error_backoff() -> RetryWait {
+    RetryWait::new(Duration::from_millis(50), MAX_ERROR_BACKOFF)
 }
 
 async fn ensure_group(shared: &Shared) -> RedisResult<()> {
@@ -193,7 +182,7 @@ async fn read_loop(shared: Arc<Shared>) {
     let keys = shared.redis.keys().clone();
     let block = shared.config.block;
     let mut conn = None;
-    let mut backoff = ErrorBackoff::new();
+    let mut backoff = error_backoff();
     let mut group_ready = false;
     // Deliveries idle past the lease are looked for every quarter lease (and at least once
     // per blocking read, which is shorter than the lease).
@@ -205,7 +194,7 @@ async fn read_loop(shared: Arc<Shared>) {
                 Ok(()) => group_ready = true,
                 Err(e) => {
                     tracing::debug!(cause = %e, "cannot create the consumer group yet");
-                    shared.pause(backoff.next()).await;
+                    shared.pause(backoff.next_wait()).await;
                     continue;
                 }
             }
@@ -238,7 +227,7 @@ async fn read_loop(shared: Arc<Shared>) {
             conn = shared.redis.dedicated(block).ok();
         }
         let Some(c) = conn.as_mut() else {
-            shared.pause(backoff.next()).await;
+            shared.pause(backoff.next_wait()).await;
             continue;
         };
         let mut cmd = redis::cmd("XREADGROUP");
@@ -263,7 +252,7 @@ async fn read_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 tracing::debug!(cause = %e, "reading the job stream failed; retrying");
-                shared.pause(backoff.next()).await;
+                shared.pause(backoff.next_wait()).await;
             }
         }
     }
@@ -303,7 +292,7 @@ fn start_batch(
     actix_rt::spawn(async move {
         let ids: Vec<(String, String)> =
             batch.iter().map(|(entry, job, _)| (entry.clone(), job.clone())).collect();
-        let mut backoff = ErrorBackoff::new();
+        let mut backoff = error_backoff();
         let claims = loop {
             match claim_batch(&shared, &ids).await {
                 Ok(claims) => break claims,
@@ -317,7 +306,7 @@ fn start_batch(
                 }
                 Err(e) => {
                     tracing::debug!(cause = %e, "claiming deliveries failed; retrying");
-                    shared.pause(backoff.next()).await;
+                    shared.pause(backoff.next_wait()).await;
                 }
             }
         };
